@@ -1,0 +1,191 @@
+"""Training data: (low-quality input, clean target) pairs made on the fly from any folder of photos.
+
+`Degradation` is the "crappify" step: blur -> downscale with a random kernel -> noise -> JPEG, roughly
+Real-ESRGAN's first-order degradation (fastai's lesson used JPEG quality 10-70 only).
+`sr_dataloaders` wraps it in fastai `DataLoaders`. We use fastai's mid-level `TfmdLists` rather than a
+`DataBlock` because input and target must come from the *same* random crop: one `Transform` makes both.
+Validation pairs are seeded by their index, so they are identical every epoch.
+"""
+from __future__ import annotations
+
+import io
+import random
+import urllib.request
+import zipfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.data.core import TfmdLists, Transform
+from PIL import Image, ImageFilter
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}
+
+
+def image_files(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}")
+    return files
+
+
+@dataclass
+class Degradation:
+    """Random degradation of a clean high-resolution image into a low-resolution input."""
+    scale: int = 2
+    kernels: tuple = ("bicubic", "bilinear", "area")
+    blur_prob: float = 0.5
+    blur_sigma: tuple = (0.2, 1.5)       # in high-resolution pixels, applied before downscaling
+    noise_prob: float = 0.5
+    noise_sigma: tuple = (1.0, 8.0)      # in 0-255 units
+    jpeg_prob: float = 0.8
+    jpeg_quality: tuple = (30, 95)
+
+    def __call__(self, hr: Image.Image, rng: random.Random = random) -> Image.Image:
+        img = hr
+        if rng.random() < self.blur_prob:
+            img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*self.blur_sigma)))
+        size = (hr.width // self.scale, hr.height // self.scale)
+        img = img.resize(size, RESAMPLE[rng.choice(self.kernels)])
+        if rng.random() < self.noise_prob:
+            a = np.asarray(img, dtype=np.float32)
+            nrng = np.random.default_rng(rng.getrandbits(32))
+            sigma = rng.uniform(*self.noise_sigma)
+            noise = nrng.normal(0, sigma, a.shape[:2] + (1,)) if rng.random() < 0.4 else nrng.normal(0, sigma, a.shape)
+            img = Image.fromarray(np.clip(a + noise, 0, 255).round().astype(np.uint8))
+        if rng.random() < self.jpeg_prob:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=rng.randint(*self.jpeg_quality))
+            img = Image.open(buf).convert("RGB")
+        return img
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@lru_cache(maxsize=2048)
+def load_photo(path: str, max_side: int) -> Image.Image:
+    """Decode once (cached): RGB, shrunk so the longer side is at most `max_side`."""
+    img = Image.open(path)
+    img.draft("RGB", (max_side, max_side))  # fast JPEG decode at reduced size
+    img = img.convert("RGB")
+    if max(img.size) > max_side:
+        r = max_side / max(img.size)
+        img = img.resize((round(img.width * r), round(img.height * r)), Image.LANCZOS)
+    img.load()
+    return img
+
+
+def random_crop(img: Image.Image, size: int, rng: random.Random, min_zoom: float = 0.6) -> Image.Image:
+    """A `size` square crop; zoomed out by up to 1/min_zoom (so faces appear at several scales), maybe flipped."""
+    zoom = rng.uniform(min_zoom, 1.0)
+    side = min(round(size / zoom), img.width, img.height)
+    x, y = rng.randint(0, img.width - side), rng.randint(0, img.height - side)
+    crop = img.crop((x, y, x + side, y + side))
+    if side != size:
+        crop = crop.resize((size, size), Image.LANCZOS)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    return crop
+
+
+def to_tensor(img: Image.Image):
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def make_pair(path, hr_size: int, degradation: Degradation, rng: random.Random, max_side: int = 768):
+    """One (lr, hr) pair of PIL images from a photo."""
+    if min(load_photo(str(path), max_side).size) < hr_size:
+        raise ValueError(f"{path} is smaller than the crop size {hr_size}")
+    hr = random_crop(load_photo(str(path), max_side), hr_size, rng)
+    return degradation(hr, rng), hr
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """One training example: a photo and a seed (None = fresh randomness each time, for training)."""
+    path: Path
+    seed: int | None = None
+
+
+class MakePair(Transform):
+    """PairItem -> (lr, hr) tensors. (Not a tuple item: fastai would map the transform over a tuple.)"""
+
+    def __init__(self, hr_size: int, degradation: Degradation, max_side: int = 768):
+        super().__init__()
+        self.hr_size, self.degradation, self.max_side = hr_size, degradation, max_side
+
+    def encodes(self, item):
+        rng = random.Random(item.seed) if item.seed is not None else random
+        lr, hr = make_pair(item.path, self.hr_size, self.degradation, rng, self.max_side)
+        return to_tensor(lr), to_tensor(hr)
+
+
+def sr_dataloaders(train_folder, valid_folder=None, scale: int = 2, hr_size: int = 128, bs: int = 16,
+                   repeats: int = 4, valid_pct: float = 0.1, valid_crops: int = 2, degradation: Degradation | None = None,
+                   max_side: int = 768, seed: int = 42, device=None):
+    """fastai DataLoaders of (lr, hr) float tensors in [0,1]; lr is hr_size/scale square.
+
+    `repeats` crops per training photo make one epoch. Without `valid_folder`, `valid_pct` of the training
+    photos are held out."""
+
+    degradation = degradation or Degradation(scale=scale)
+    if degradation.scale != scale:
+        raise ValueError("degradation.scale must equal scale")
+    if hr_size % scale:
+        raise ValueError("hr_size must divide by scale")
+    train = image_files(train_folder)
+    if valid_folder is None:
+        shuffled = train[:]
+        random.Random(seed).shuffle(shuffled)
+        n_valid = max(1, round(len(train) * valid_pct))
+        valid, train = sorted(shuffled[:n_valid]), sorted(shuffled[n_valid:])
+    else:
+        valid = image_files(valid_folder)
+    items = [PairItem(p) for p in train for _ in range(repeats)]
+    items += [PairItem(p, seed * 100003 + i) for i, p in enumerate(p for p in valid for _ in range(valid_crops))]
+    splits = (list(range(len(train) * repeats)), list(range(len(train) * repeats, len(items))))
+
+    tls = TfmdLists(items, [MakePair(hr_size, degradation, max_side)], splits=splits)
+    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=0,
+                          device=device or torch.device("cpu"))
+    dls.n_inp = 1
+    return dls
+
+
+# ---- public datasets the original project used ----------------------------------------------------
+DATASETS = {
+    # FFHQ 128x128 thumbnails are ~2 GB; the full set is distributed via Google Drive (see NVlabs/ffhq-dataset).
+    "ffhq-thumbnails": "https://github.com/NVlabs/ffhq-dataset#thumbnails128x128",
+    # UCF Selfie data set (Kalayeh et al., 2015)
+    "ucf-selfie": "https://www.crcv.ucf.edu/data/Selfie/Selfie-dataset.tar.gz",
+}
+
+
+def download_dataset(url: str, dest, timeout: float = 10.0) -> Path:
+    """Download and unpack an image archive (zip or tar) into `dest`; fails fast without internet."""
+    import tarfile
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / Path(url.split("?")[0]).name
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(archive, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+    except OSError as e:
+        archive.unlink(missing_ok=True)
+        raise RuntimeError(f"could not download {url} ({e}). Download it by hand, or use a local folder "
+                           "of photos (e.g. ../shared/data/portraits/train) as the training folder.") from e
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(dest)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            t.extractall(dest, filter="data")
+    return dest

@@ -1,0 +1,254 @@
+"""Run an exported model folder with ONNX Runtime, on images of any size (torch-free).
+
+`Enhancer` is the one implementation behind `python -m superres enhance` and the web app, in the spirit of
+Real-ESRGAN's `RealESRGANer`:
+
+* the model folder is checked against its card (files present, sha256 equal) before anything runs;
+* `strength` blends the faithful and GAN generators weight by weight (ESRGAN's network interpolation),
+  w = (1 - s) * faithful + s * gan, with s rounded to 0.05 and one ONNX Runtime session per value kept in
+  a small LRU cache;
+* images are processed in overlapping tiles: the image is padded once to the network's input multiple,
+  every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
+  to the output (crop, no blending), so there are no seams and memory depends on the tile size, not on
+  the image. Tile edges lie on multiples of the input multiple, so the U-Net's down-sampling grid is the
+  same as for the whole image; a tile as large as the image gives whole-image inference;
+* x4 runs the model card's chain (generator, then up-sampler) per tile, clamping to [0, 1] in between;
+* alpha is resized separately (bicubic), grayscale comes back grayscale, the ICC profile is carried over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from . import DEFAULT_MODEL_DIR
+
+CARD = "model_card.json"
+REQUIRED_FILES = ("generator_faithful", "generator_gan", "upsampler")
+STRENGTH_STEP = 0.05
+# Largest side (in pixels) of what one network run sees when `tile` is left to us. The U-Net's
+# self-attention grows with the square of the pixel count: ~0.5 GB at 512x512 for the shipped width.
+MAX_NET_INPUT = 512
+DEFAULT_TILE_PAD = 32
+
+
+class ModelError(RuntimeError):
+    """The model folder is missing, incomplete or does not match its card; `str(e)` says what to do."""
+
+
+def read_card(model_dir) -> dict:
+    model_dir = Path(model_dir)
+    card_path = model_dir / CARD
+    if not card_path.is_file():
+        what = "does not exist" if not model_dir.exists() else f"has no {CARD}"
+        raise ModelError(
+            f"No model found: the model folder {model_dir} {what}. Export one with "
+            "`python -m superres export` (or `--untrained` to try the pipeline), then point MODEL_DIR "
+            "(web app) or --model-dir (enhance) at it.")
+    try:
+        card = json.loads(card_path.read_text())
+        files = card["files"]
+        for key in REQUIRED_FILES:
+            files[key]
+        card["chain"], card["input_multiple"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"The model card {card_path} is not valid ({e!r}).") from e
+    return card
+
+
+def verify_model_dir(model_dir) -> dict:
+    """Read the card and check that every file it names exists and has the sha256 the card records."""
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    for key in REQUIRED_FILES:
+        name = card["files"][key]
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelError(f"The model folder {model_dir} lacks {name}, which its card lists.")
+        want = card.get("sha256", {}).get(name)
+        if not want:
+            raise ModelError(f"The model card in {model_dir} records no sha256 for {name}.")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != want:
+            raise ModelError(f"{path} does not match its model card (sha256 {h.hexdigest()[:12]}… "
+                             f"instead of {want[:12]}…): the file is damaged or from another model.")
+    return card
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+class Enhancer:
+    """Upscale PIL images x2 or x4 with a model folder (see `superres.export` for its contract)."""
+
+    def __init__(self, model_dir=None, threads: int = 0, cache_size: int = 4, verify: bool = True):
+        self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+        self.card = verify_model_dir(self.model_dir) if verify else read_card(self.model_dir)
+        self.multiple = int(self.card["input_multiple"])
+        self.scales = sorted(int(s) for s in self.card["chain"])
+        self.default_strength = float(self.card.get("default_strength", 0.5))
+        self.threads = int(threads)
+        self._paths = {k: self.model_dir / self.card["files"][k] for k in REQUIRED_FILES}
+        try:
+            self._faithful = _initializers(self._paths["generator_faithful"])
+            gan = _initializers(self._paths["generator_gan"])
+        except Exception as e:
+            raise ModelError(f"Could not read the ONNX files in {self.model_dir} ({e}).") from e
+        if self._faithful.keys() != gan.keys():
+            raise ModelError("generator_faithful and generator_gan have different initializers, "
+                             "so they cannot be blended; re-export both from the same architecture.")
+        # keep only the difference (gan - faithful) of tensors that differ: the blend is f + s * d
+        self._delta = {k: (gan[k].astype(np.float32) - v.astype(np.float32))
+                       for k, v in self._faithful.items()
+                       if np.issubdtype(v.dtype, np.floating) and not np.array_equal(v, gan[k])}
+        del gan
+        self._cache_size = max(1, int(cache_size))
+        self._sessions: OrderedDict[float, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+        self._upsampler = self._session(self._paths["upsampler"])
+        self.generator(self.default_strength)   # fail now, not on the first request
+
+    # ---- sessions ------------------------------------------------------------------------------------
+    def _options(self) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # tiles of different sizes fragment the arena; without it memory is returned after each run
+        so.enable_cpu_mem_arena = False
+        return so
+
+    def _session(self, path: Path, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(path), so or self._options(), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"ONNX Runtime could not load {path} ({e}).") from e
+
+    @staticmethod
+    def round_strength(strength: float) -> float:
+        return round(round(float(strength) / STRENGTH_STEP) * STRENGTH_STEP, 2)
+
+    def generator(self, strength: float) -> ort.InferenceSession:
+        """The generator for `strength` (rounded to 0.05), from the LRU cache or built now."""
+        s = self.round_strength(strength)
+        with self._lock:
+            if s in self._sessions:
+                self._sessions.move_to_end(s)
+                return self._sessions[s][0]
+        if s == 0.0:
+            entry = (self._session(self._paths["generator_faithful"]),)
+        elif s == 1.0:
+            entry = (self._session(self._paths["generator_gan"]),)
+        else:
+            so = self._options()
+            keep = []   # the arrays and OrtValues must outlive the session (ORT only borrows them)
+            for name, d in self._delta.items():
+                w = np.ascontiguousarray(self._faithful[name] + np.float32(s) * d, dtype=self._faithful[name].dtype)
+                value = ort.OrtValue.ortvalue_from_numpy(w)
+                keep += [w, value]
+                so.add_initializer(name, value)
+            entry = (self._session(self._paths["generator_faithful"], so), so, keep)
+        with self._lock:
+            self._sessions[s] = entry
+            self._sessions.move_to_end(s)
+            while len(self._sessions) > self._cache_size:
+                self._sessions.popitem(last=False)
+        return entry[0]
+
+    # ---- inference -----------------------------------------------------------------------------------
+    def auto_tile(self, scale: int, tile_pad: int = DEFAULT_TILE_PAD) -> int:
+        """The largest tile whose biggest network run stays within MAX_NET_INPUT pixels a side."""
+        largest_stage = max(1, scale // 2)   # x4: the up-sampler sees twice the tile
+        t = MAX_NET_INPUT // largest_stage - 2 * tile_pad
+        return max(self.multiple, t // self.multiple * self.multiple)
+
+    def _check(self, scale: int, strength) -> float:
+        if int(scale) not in self.scales or str(int(scale)) not in self.card["chain"]:
+            raise ValueError(f"scale must be one of {self.scales}, got {scale!r}")
+        strength = self.default_strength if strength is None else float(strength)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        return strength
+
+    def enhance_array(self, rgb: np.ndarray, scale: int = 4, strength: float | None = None,
+                      tile: int | None = None, tile_pad: int = DEFAULT_TILE_PAD,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (scale*H, scale*W, 3) uint8 RGB.
+
+        tile: side of the tile centres in input pixels (None: automatic, bounded memory; 0: whole image).
+        tile_pad: context added on each side of a tile, in input pixels."""
+        strength = self._check(scale, strength)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError("expected an (H, W, 3) uint8 array")
+        m = self.multiple
+        h, w = rgb.shape[:2]
+        ph, pw = -h % m, -w % m
+        if ph or pw:   # the same padding as superres.models.pad_to_multiple
+            mode = "reflect" if (ph < h and pw < w) else "edge"
+            rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode=mode)
+        hp, wp = rgb.shape[:2]
+        pad = -(-max(0, int(tile_pad)) // m) * m
+        if tile is None:
+            tile = self.auto_tile(scale, pad)
+        tile = max(hp, wp) if tile <= 0 else -(-int(tile) // m) * m
+        stages = [self.generator(strength) if name == "generator" else self._upsampler
+                  for name in self.card["chain"][str(int(scale))]]
+
+        out = np.empty((h * scale, w * scale, 3), np.uint8)
+        ys, xs = range(0, h, tile), range(0, w, tile)
+        total, done = len(ys) * len(xs), 0
+        for y0 in ys:
+            for x0 in xs:
+                wy0, wy1 = max(y0 - pad, 0), min(y0 + tile + pad, hp)
+                wx0, wx1 = max(x0 - pad, 0), min(x0 + tile + pad, wp)
+                x = rgb[wy0:wy1, wx0:wx1].transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+                for i, sess in enumerate(stages):
+                    x = sess.run(None, {"input": x})[0]
+                    if i < len(stages) - 1:
+                        np.clip(x, 0.0, 1.0, out=x)
+                cy1, cx1 = min(y0 + tile, h), min(x0 + tile, w)
+                core = x[0, :, (y0 - wy0) * scale:(cy1 - wy0) * scale, (x0 - wx0) * scale:(cx1 - wx0) * scale]
+                core = core * np.float32(255) + np.float32(0.5)
+                np.clip(core, 0, 255, out=core)
+                out[y0 * scale:cy1 * scale, x0 * scale:cx1 * scale] = core.transpose(1, 2, 0)
+                done += 1
+                if progress:
+                    progress(done, total)
+        return out
+
+    def enhance(self, image: Image.Image, scale: int = 4, strength: float | None = None,
+                tile: int | None = None, tile_pad: int = DEFAULT_TILE_PAD,
+                progress: Callable[[int, int], None] | None = None) -> Image.Image:
+        """Upscale an RGB, RGBA, L or LA image (other modes are converted to RGB/RGBA first)."""
+        self._check(scale, strength)
+        mode = image.mode
+        if mode not in ("RGB", "RGBA", "L", "LA"):
+            mode = "RGBA" if "A" in mode or "transparency" in image.info else "RGB"
+            image = image.convert(mode)
+        rgb = np.asarray(image.convert("RGB") if mode != "RGB" else image)
+        big = self.enhance_array(rgb, scale, strength, tile, tile_pad, progress)
+        size = (image.width * scale, image.height * scale)
+        result = Image.fromarray(big, "RGB")
+        del big
+        if mode in ("L", "LA"):
+            result = result.convert("L")
+        if mode in ("RGBA", "LA"):
+            result.putalpha(image.getchannel("A").resize(size, Image.Resampling.BICUBIC))
+        icc = image.info.get("icc_profile")
+        if icc:
+            result.info["icc_profile"] = icc
+        return result

@@ -1,0 +1,108 @@
+"""Losses: the fastai lesson's VGG16_bn feature loss, and a weight-free loss for machines without
+the ImageNet VGG weights.
+
+FeatureLoss (fastai lesson 7 "superres"): pixel L1 + L1 between VGG16_bn activations + L1 between their
+Gram matrices, on the layers just before the 3rd, 4th and 5th max-pools, weighted 5, 15, 2.
+WeightFreeLoss: L1 + (1 - SSIM) + L1 of image gradients. It needs no downloads, so it is what trained the
+models shipped in this repo (the model card records which loss was used).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import ssim
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def gram_matrix(x):
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, -1)
+    return (x @ x.transpose(1, 2)) / (c * h * w)
+
+
+class FeatureLoss(nn.Module):
+    name = "feature"
+
+    def __init__(self, vgg: nn.Module | None = None, layer_wgts=(5, 15, 2)):
+        super().__init__()
+        if vgg is None:
+            vgg = load_vgg16_bn()
+        vgg = vgg.features.eval() if hasattr(vgg, "features") else vgg.eval()
+        for p in vgg.parameters():
+            p.requires_grad_(False)
+        pools = [i - 1 for i, m in enumerate(vgg.children()) if isinstance(m, nn.MaxPool2d)]
+        self.layer_ids = pools[2:5]
+        self.vgg = vgg[: self.layer_ids[-1] + 1]
+        self.wgts = layer_wgts
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def features(self, x):
+        out, x = [], (x - self.mean) / self.std
+        for i, layer in enumerate(self.vgg):
+            x = layer(x)
+            if i in self.layer_ids:
+                out.append(x)
+        return out
+
+    def forward(self, pred, target):
+        pred, target = pred.float(), target.float()
+        loss = F.l1_loss(pred, target)
+        for w, fp, ft in zip(self.wgts, self.features(pred), self.features(target)):
+            loss = loss + w * F.l1_loss(fp, ft) + w ** 2 * 5e3 * F.l1_loss(gram_matrix(fp), gram_matrix(ft))
+        return loss
+
+
+def load_vgg16_bn():
+    """torchvision's ImageNet VGG16_bn; a clear error (not a hang) where the weights can't be downloaded."""
+    import socket
+    from torchvision.models import vgg16_bn
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)
+    try:
+        return vgg16_bn(weights="DEFAULT")
+    except OSError as e:
+        raise RuntimeError(f"could not download the ImageNet VGG16_bn weights for the feature loss ({e}); "
+                           "use loss='weightfree' on offline machines") from e
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def image_gradients(x):
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+class WeightFreeLoss(nn.Module):
+    name = "weightfree"
+
+    def __init__(self, w_ssim: float = 0.2, w_grad: float = 0.5):
+        super().__init__()
+        self.w_ssim, self.w_grad = w_ssim, w_grad
+
+    def forward(self, pred, target):
+        pred, target = pred.float(), target.float()
+        loss = F.l1_loss(pred, target)
+        gray_p, gray_t = pred.mean(1, keepdim=True), target.mean(1, keepdim=True)
+        loss = loss + self.w_ssim * (1 - ssim(gray_p, gray_t).mean())
+        for gp, gt in zip(image_gradients(pred), image_gradients(target)):
+            loss = loss + self.w_grad * F.l1_loss(gp, gt)
+        return loss
+
+
+def make_loss(kind: str = "auto") -> nn.Module:
+    """'feature' (needs the VGG weights), 'weightfree', or 'auto' (feature where it can be had)."""
+    if kind == "weightfree":
+        return WeightFreeLoss()
+    if kind == "feature":
+        return FeatureLoss()
+    if kind == "auto":
+        try:
+            return FeatureLoss()
+        except RuntimeError as e:
+            print(f"[superres] {e}\n[superres] falling back to the weight-free loss (L1 + SSIM + gradients)")
+            return WeightFreeLoss()
+    raise ValueError(f"unknown loss {kind!r}")

@@ -1,0 +1,222 @@
+"""Unit tests of the training package (degradations, models, losses, ONNX export, weight interpolation)
+and an integration test that runs all four fastai stages on real photos that packages ship."""
+import json
+import random
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from superres.data import Degradation, make_pair, sr_dataloaders
+from superres.export import FILES, export_onnx
+from superres.losses import FeatureLoss, WeightFreeLoss, gram_matrix, load_vgg16_bn, make_loss
+from superres.metrics import psnr_y, ssim_y
+from superres.models import (Chain, Generator, UnetConfig, interpolate_weights, make_critic, make_encoder,
+                             pad_to_multiple, upscale)
+
+SMALL = UnetConfig(widen=0.25, head_nf=8)
+
+
+def photo(size=(200, 160), seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, size[0])[None, :, None] * np.linspace(0, 1, size[1])[:, None, None]
+    a = (x * 200 + rng.normal(0, 20, (size[1], size[0], 3))).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+# ---- degradations -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [2, 4])
+def test_degradation_downscales_and_stays_rgb(scale):
+    hr = photo((128, 96))
+    lr = Degradation(scale=scale)(hr, random.Random(1))
+    assert lr.size == (128 // scale, 96 // scale) and lr.mode == "RGB"
+
+
+def test_degradation_is_reproducible_with_a_seed_and_varies_without():
+    hr = photo((128, 128))
+    d = Degradation(scale=2)
+    a, b = d(hr, random.Random(7)), d(hr, random.Random(7))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    outs = {np.asarray(d(hr, random.Random(s))).tobytes() for s in range(6)}
+    assert len(outs) > 1
+
+
+def test_degradation_really_degrades():
+    """Noise + JPEG + blur make the input further from a clean downscale than a clean downscale is."""
+    hr = photo((128, 128))
+    clean = np.asarray(hr.resize((64, 64), Image.BICUBIC), dtype=np.float32)
+    harsh = Degradation(scale=2, blur_prob=1, noise_prob=1, noise_sigma=(10, 10), jpeg_prob=1, jpeg_quality=(20, 20))
+    lr = np.asarray(harsh(hr, random.Random(0)), dtype=np.float32)
+    assert np.abs(lr - clean).mean() > 3
+
+
+def test_make_pair_sizes(tmp_path):
+    p = tmp_path / "a.png"
+    photo((300, 260)).save(p)
+    lr, hr = make_pair(p, 64, Degradation(scale=4), random.Random(0))
+    assert hr.size == (64, 64) and lr.size == (16, 16)
+
+
+def test_dataloaders_validation_is_deterministic(tmp_path):
+    for i in range(3):
+        photo((200, 180), seed=i).save(tmp_path / f"{i}.png")
+    dls = sr_dataloaders(tmp_path, tmp_path, scale=2, hr_size=64, bs=2, repeats=2)
+    xb, yb = dls.one_batch()
+    assert xb.shape == (2, 3, 32, 32) and yb.shape == (2, 3, 64, 64)
+    assert 0 <= xb.min() and xb.max() <= 1
+    v1 = [b[0].clone() for b in dls.valid]
+    v2 = [b[0].clone() for b in dls.valid]
+    assert all(torch.equal(a, b) for a, b in zip(v1, v2))
+
+
+# ---- models -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(64, 64), (37, 51), (20, 90)])
+def test_generator_doubles_any_size(size):
+    g = Generator(SMALL).eval()
+    x = torch.rand(1, 3, *size)
+    y = upscale(g, x)
+    assert y.shape == (1, 3, size[0] * 2, size[1] * 2)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (45, 33)])
+def test_chain_quadruples(size):
+    chain = Chain(Generator(SMALL), Generator(SMALL)).eval()
+    x, _ = pad_to_multiple(torch.rand(1, 3, *size))
+    assert chain(x).shape == (1, 3, x.shape[2] * 4, x.shape[3] * 4)
+
+
+def test_untrained_generator_starts_at_bicubic():
+    g = Generator(SMALL).eval()
+    x = torch.rand(1, 3, 32, 32)
+    ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    assert torch.allclose(g(x), ref, atol=1e-6)
+
+
+def test_encoder_width_is_configurable():
+    narrow = sum(p.numel() for p in make_encoder(UnetConfig(widen=0.25)).parameters())
+    wide = sum(p.numel() for p in make_encoder(UnetConfig(widen=1.0)).parameters())
+    assert wide > 4 * narrow
+
+
+def test_pretrained_encoder_fails_clearly_offline():
+    """Without internet the ImageNet download fails fast with a message that says what to do."""
+    try:
+        make_encoder(UnetConfig(arch="resnet18"), pretrained=True)
+    except RuntimeError as e:
+        assert "pretrained" in str(e) and "internet" in str(e)
+    # (with internet the weights load, which is also fine)
+
+
+def test_critic_scores_patches():
+    c = make_critic(nf=16)
+    assert c(torch.rand(2, 3, 64, 64)).shape[0] == 2
+
+
+# ---- losses and metrics -----------------------------------------------------------------------------
+def test_weightfree_loss_zero_for_identical_and_grows_with_error():
+    loss = WeightFreeLoss()
+    y = torch.rand(2, 3, 32, 32)
+    assert loss(y, y).item() == pytest.approx(0, abs=1e-5)
+    assert loss(y + 0.1 * torch.randn_like(y), y) > loss(y + 0.01 * torch.randn_like(y), y) > 0
+
+
+def test_feature_loss_with_local_vgg_weights():
+    """The lesson's feature loss, on a randomly initialised VGG16_bn (the real one needs a download)."""
+    from torchvision.models import vgg16_bn
+    loss = FeatureLoss(vgg16_bn(weights=None))
+    assert len(loss.layer_ids) == 3
+    y = torch.rand(1, 3, 64, 64)
+    assert loss(y, y).item() == pytest.approx(0, abs=1e-5)
+    assert loss(torch.rand(1, 3, 64, 64), y) > 0
+    assert gram_matrix(torch.rand(2, 4, 8, 8)).shape == (2, 4, 4)
+
+
+def test_feature_loss_fails_clearly_offline_and_auto_falls_back():
+    try:
+        load_vgg16_bn()
+    except RuntimeError as e:
+        assert "VGG16_bn" in str(e)
+        assert make_loss("auto").name == "weightfree"
+
+
+def test_psnr_ssim():
+    y = torch.rand(1, 3, 32, 32)
+    assert ssim_y(y, y).item() == pytest.approx(1.0, abs=1e-4)
+    noisy = (y + 0.05 * torch.randn_like(y)).clamp(0, 1)
+    assert 20 < psnr_y(noisy, y).item() < 40
+
+
+# ---- weight interpolation and ONNX -----------------------------------------------------------------
+def test_interpolation_endpoints_and_midpoint():
+    a, b = Generator(SMALL), Generator(SMALL)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.1)
+    sa, sb = a.state_dict(), b.state_dict()
+    s0, s1, sh = (interpolate_weights(sa, sb, s) for s in (0.0, 1.0, 0.5))
+    for k in sa:
+        assert torch.equal(s0[k], sa[k])
+        if sa[k].is_floating_point():
+            assert torch.allclose(s1[k], sb[k]) and torch.allclose(sh[k], (sa[k] + sb[k]) / 2)
+    with pytest.raises(ValueError):
+        interpolate_weights(sa, sb, 1.5)
+
+
+def test_onnx_matches_torch_at_other_sizes(tmp_path):
+    g = Generator(SMALL).eval()
+    with torch.no_grad():
+        g.head[-1][0].weight.normal_(0, 0.01)  # make the learned part non-zero
+    export_onnx(g, tmp_path / "g.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    for h, w in [(32, 32), (64, 96), (128, 32)]:
+        x = torch.rand(1, 3, h, w)
+        with torch.no_grad():
+            ref = g(x).numpy()
+        out = sess.run(["output"], {"input": x.numpy()})[0]
+        assert out.shape == (1, 3, 2 * h, 2 * w)
+        assert np.abs(out - ref).max() < 1e-4
+
+
+# ---- all four stages, for real, on photos that packages ship ---------------------------------------
+@pytest.mark.slow
+def test_four_stages_train_resume_and_export(tmp_path, sample_photos):
+    from superres.train import TrainConfig, train
+    cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "run"),
+                      generator=SMALL, upsampler=SMALL, critic_nf=16, hr_size=64, bs=2, ups_hr_size=128, ups_bs=2,
+                      repeats=2, epochs_gen=2, epochs_critic=1, epochs_gan=1, epochs_ups=1, loss="weightfree")
+    run = train(cfg, export_to=tmp_path / "export")
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert set(rec["stages"]) == {"generator", "critic", "gan", "upsampler"}
+    assert rec["loss"] == "weightfree"
+    for stage in rec["stages"].values():
+        assert stage["steps"] > 0
+    for f in FILES.values():
+        assert (tmp_path / "export" / f).stat().st_size > 100_000
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    assert card["losses"]["generator"] == "weightfree" and card["stages"]["gan"]["epochs"] == 1
+    # GAN fine-tuning really changed the weights, so strength means something
+    ck = run.path / "checkpoints"
+    a = torch.load(ck / "generator_faithful.pt", weights_only=False)["model"]
+    b = torch.load(ck / "generator_gan.pt", weights_only=False)["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    # re-running is a no-op resume: finished stages are skipped, weights unchanged
+    train(cfg)
+    assert torch.equal(torch.load(ck / "generator_gan.pt", weights_only=False)["model"][next(iter(b))], b[next(iter(b))])
+
+
+@pytest.mark.slow
+def test_interrupted_stage_resumes_from_its_epoch_checkpoint(tmp_path, sample_photos):
+    from superres.train import Run, TrainConfig, train_generator, x2_dataloaders
+    cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "run"),
+                      generator=SMALL, hr_size=64, bs=2, repeats=2, epochs_gen=1, loss="weightfree")
+    run = Run(cfg)
+    train_generator(run, x2_dataloaders(cfg), WeightFreeLoss())
+    # pretend the 2-epoch run was killed after epoch 0: the final weights are gone, the epoch checkpoint is there
+    (run.path / "checkpoints" / "generator_faithful.pt").unlink()
+    cfg.epochs_gen = 2
+    train_generator(Run(cfg), x2_dataloaders(cfg), WeightFreeLoss())
+    log = (run.path / "logs" / "generator.csv").read_text().strip().splitlines()
+    epochs = [line.split(",")[0] for line in log if line[0].isdigit()]
+    assert epochs == ["0", "1"]  # epoch 0 from the first run, then only epoch 1
