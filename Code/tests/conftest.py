@@ -27,3 +27,81 @@ def sample_photos(tmp_path_factory) -> Path:
     astronaut().save(d / "astronaut.png")
     grace_hopper().save(d / "grace_hopper.jpg", quality=95)
     return d
+
+
+# ---- model folder, ports and a running web app (inference, enhance, web app tests) -------------------
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory) -> Path:
+    """A complete, valid model folder with random weights (superres.export.export_untrained, ~7 s)."""
+    from superres.export import export_untrained
+    out = tmp_path_factory.mktemp("untrained_model")
+    export_untrained(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` exits."""
+    import httpx
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def run_server(env: dict | None = None, args: tuple = (), timeout: float = 90):
+    """`python -m superres serve` (real uvicorn) on a free port in a subprocess; yields (base_url, Popen).
+
+    If it does not come up, the failure includes the server's output."""
+    port = free_port()
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    for key in ("HOST", "PORT"):
+        full_env.pop(key, None)
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"superres-serve-{port}.log"
+    with open(log_path, "w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "superres", "serve", "--host", "127.0.0.1",
+                                 "--port", str(port), *args], env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            try:
+                wait_http(base + "/healthz", timeout, proc)
+            except Exception as e:
+                log.seek(0)
+                raise RuntimeError(f"the web app did not start ({e}); its output:\n{log.read()}") from e
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def webapp_url(untrained_model_dir) -> str:
+    """Base URL of a real uvicorn server running the web app on the untrained model folder."""
+    with run_server({"MODEL_DIR": str(untrained_model_dir), "WORKERS": "1", "QUEUE": "16"}) as (base, _):
+        yield base

@@ -1,0 +1,146 @@
+"""superres.inference.Enhancer: model folder checks, strength blending, tiling, alpha/grayscale/ICC."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from superres.inference import Enhancer, ModelError, read_card
+
+from conftest import astronaut, grace_hopper
+
+
+@pytest.fixture(scope="module")
+def enhancer(untrained_model_dir):
+    return Enhancer(untrained_model_dir, threads=2)
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="No model found.*does not exist.*MODEL_DIR"):
+        Enhancer(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="has no model_card.json"):
+        Enhancer(tmp_path)
+
+
+def test_tampered_model_is_refused(untrained_model_dir, tmp_path):
+    bad = tmp_path / "model"
+    shutil.copytree(untrained_model_dir, bad)
+    with open(bad / "upsampler.onnx", "r+b") as f:
+        f.seek(-10, 2)
+        f.write(b"0123456789")
+    with pytest.raises(ModelError, match="does not match its model card"):
+        Enhancer(bad)
+    (bad / "upsampler.onnx").unlink()
+    with pytest.raises(ModelError, match="lacks upsampler.onnx"):
+        Enhancer(bad)
+
+
+def test_card_read(untrained_model_dir, enhancer):
+    card = read_card(untrained_model_dir)
+    assert card["input_multiple"] == enhancer.multiple == 32
+    assert enhancer.scales == [2, 4]
+    assert enhancer.default_strength == card["default_strength"]
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (64, 32), (100, 70)])
+def test_output_size_any_input(enhancer, scale, size):
+    img = astronaut().resize(size)
+    out = enhancer.enhance(img, scale=scale)
+    assert out.size == (size[0] * scale, size[1] * scale) and out.mode == "RGB"
+
+
+def test_untrained_model_is_close_to_bicubic(enhancer):
+    img = grace_hopper().resize((120, 140))
+    out = np.asarray(enhancer.enhance(img, scale=2)).astype(int)
+    bicubic = np.asarray(img.resize((240, 280), Image.Resampling.BICUBIC)).astype(int)
+    assert np.abs(out - bicubic).mean() < 4
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_tiling_equals_whole_image(enhancer, scale):
+    """Small tiles (many seams) against one pass over the whole image: same result within a small tolerance."""
+    rgb = np.asarray(astronaut())[100:300, 120:290]          # 200 x 170, not a multiple of 32
+    whole = enhancer.enhance_array(rgb, scale, tile=0).astype(int)
+    tiled = enhancer.enhance_array(rgb, scale, tile=64, tile_pad=32).astype(int)
+    diff = np.abs(whole - tiled)
+    assert whole.shape == (200 * scale, 170 * scale, 3)
+    assert diff.max() <= 2 and diff.mean() < 0.1
+    # no seam: rows/columns at tile borders differ from whole-image no more than anywhere else
+    border_rows = diff[[64 * scale - 1, 64 * scale, 128 * scale - 1, 128 * scale]].mean()
+    assert border_rows < 0.2
+
+
+def test_auto_tile_bounds_network_input(enhancer):
+    for scale in (2, 4):
+        t = enhancer.auto_tile(scale)
+        assert t % 32 == 0 and (t + 64) * scale // 2 <= 512
+
+
+def test_progress_callback(enhancer):
+    seen = []
+    enhancer.enhance_array(np.zeros((100, 100, 3), np.uint8), 2, tile=64, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_strength_blends_and_is_cached(enhancer):
+    rgb = np.asarray(astronaut().resize((64, 64)))
+    outs = {s: enhancer.enhance_array(rgb, 2, strength=s).astype(float) for s in (0.0, 0.5, 1.0)}
+    assert np.abs(outs[0.0] - outs[1.0]).mean() > 0.05        # the two generators really differ
+    # blending weights is not blending images, but with near-linear heads the middle lies in between
+    mid = (outs[0.0] + outs[1.0]) / 2
+    assert np.abs(outs[0.5] - mid).mean() < np.abs(outs[0.0] - outs[1.0]).mean()
+    assert enhancer.generator(0.51) is enhancer.generator(0.5)  # rounded to 0.05, one session
+    for s in np.linspace(0, 1, 8):
+        enhancer.generator(s)
+    assert len(enhancer._sessions) <= enhancer._cache_size
+
+
+def test_bad_arguments(enhancer):
+    img = Image.new("RGB", (8, 8))
+    with pytest.raises(ValueError, match="scale"):
+        enhancer.enhance(img, scale=3)
+    with pytest.raises(ValueError, match="strength"):
+        enhancer.enhance(img, scale=2, strength=1.5)
+
+
+def test_alpha_grayscale_icc(enhancer):
+    rgba = astronaut().resize((50, 40)).convert("RGBA")
+    alpha = Image.linear_gradient("L").resize((50, 40))
+    rgba.putalpha(alpha)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgba.info["icc_profile"] = icc
+    out = enhancer.enhance(rgba, scale=4)
+    assert out.mode == "RGBA" and out.size == (200, 160)
+    big_alpha = np.asarray(out.getchannel("A")).astype(int)
+    ref = np.asarray(alpha.resize((200, 160), Image.Resampling.BICUBIC)).astype(int)
+    assert np.abs(big_alpha - ref).max() <= 1
+    assert out.info["icc_profile"] == icc
+    assert enhancer.enhance(rgba.convert("L"), scale=2).mode == "L"
+    assert enhancer.enhance(rgba.convert("LA"), scale=2).mode == "LA"
+
+
+@pytest.mark.slow
+def test_memory_bounded_by_tile_not_image(untrained_model_dir, tmp_path):
+    """x4 of a 2000x2000 photo in a fresh process: peak RSS under 2 GB (the output alone is 192 MB)."""
+    script = textwrap.dedent(f"""
+        import resource, numpy as np
+        from PIL import Image
+        from superres.inference import Enhancer
+        from superres.imaging import encode_png
+        img = Image.fromarray(np.asarray(Image.open({str(tmp_path / 'big.jpg')!r}).convert('RGB')))
+        out = Enhancer({str(untrained_model_dir)!r}).enhance(img, scale=4)
+        assert out.size == (8000, 8000), out.size
+        png = encode_png(out, compress_level=1)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """)
+    grace_hopper().resize((2000, 2000)).save(tmp_path / "big.jpg", quality=90)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    peak_mb = int(res.stdout.split()[-1]) / 1024
+    print(f"peak RSS for x4 of 2000x2000: {peak_mb:.0f} MB")
+    assert peak_mb < 2048
