@@ -27,21 +27,32 @@ def psnr_y(pred: torch.Tensor, target: torch.Tensor, border: int = 0) -> torch.T
     return (10 * torch.log10(1.0 / mse)).mean()
 
 
-def _gaussian_window(size=11, sigma=1.5, device=None):
+def _gaussian_1d(size=11, sigma=1.5, device=None):
     g = torch.arange(size, dtype=torch.float32, device=device) - size // 2
     g = torch.exp(-(g ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
+    return g / g.sum()
+
+
+def _gaussian_window(size=11, sigma=1.5, device=None):
+    g = _gaussian_1d(size, sigma, device)
     return (g[:, None] * g[None, :]).view(1, 1, size, size)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM (Wang et al. 2004, 11x11 Gaussian, sigma 1.5) of single-channel images in [0,1], per image."""
-    w = _gaussian_window(device=a.device).to(a.dtype)
+    """SSIM (Wang et al. 2004, 11x11 Gaussian, sigma 1.5, 'valid' filtering as in the reference MATLAB code)
+    of single-channel images in [0,1], per image.
+
+    The Gaussian is separable, so the five local moments are filtered in one batch by a 1x11 and an 11x1
+    convolution (the same numbers as the 11x11 window, ~5x fewer operations)."""
+    n = a.shape[0]
+    g = _gaussian_1d(device=a.device).to(a.dtype)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
-    saa = F.conv2d(a * a, w) - mu_a ** 2
-    sbb = F.conv2d(b * b, w) - mu_b ** 2
-    sab = F.conv2d(a * b, w) - mu_a * mu_b
+    x = torch.cat([a, b, a * a, b * b, a * b], 0)
+    x = F.conv2d(F.conv2d(x, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    mu_a, mu_b, e_aa, e_bb, e_ab = x.split(n)
+    saa = e_aa - mu_a ** 2
+    sbb = e_bb - mu_b ** 2
+    sab = e_ab - mu_a * mu_b
     m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
     return m.mean(dim=(1, 2, 3))
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.training import GradientClip
 from fastai.callback.progress import CSVLogger
 from fastai.learner import Learner
 from fastai.optimizer import Adam
@@ -72,7 +73,10 @@ class TrainConfig:
 
 # ---- callbacks --------------------------------------------------------------------------------------
 class CPUSpeedup(Callback):
-    """bf16 autocast + channels_last on CPU (fastai's MixedPrecision only targets CUDA)."""
+    """bf16 autocast + channels_last on CPU (fastai's MixedPrecision only targets CUDA).
+
+    Only the forward pass runs in bf16: the loss (SSIM's variances in particular) is computed in fp32,
+    which bf16 made diverge to NaN."""
     order = 10
 
     def before_fit(self):
@@ -84,13 +88,8 @@ class CPUSpeedup(Callback):
         self.autocast.__enter__()
 
     def after_pred(self):
+        self.autocast.__exit__(None, None, None)
         self.learn.pred = self.pred.float()
-
-    def after_loss(self):
-        self.autocast.__exit__(None, None, None)
-
-    def after_cancel_batch(self):
-        self.autocast.__exit__(None, None, None)
 
 
 class EpochCheckpoint(Callback):
@@ -185,7 +184,7 @@ class Run:
 
     def learner(self, dls, model, loss_func, metrics=(), bf16=None, **kwargs) -> Learner:
         bf16 = self.cfg.bf16 if bf16 is None else bf16
-        cbs = [CPUSpeedup()] if (bf16 and self.cfg.device == "cpu") else []
+        cbs = [GradientClip(1.0)] + ([CPUSpeedup()] if (bf16 and self.cfg.device == "cpu") else [])
         return Learner(dls, model, loss_func=loss_func, metrics=list(metrics), cbs=cbs, path=self.path,
                        model_dir="checkpoints", **kwargs)
 

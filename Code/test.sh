@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (the README gives it; .ci/run calls it). On a fresh machine it prepares
+# everything itself: system packages for the browser and Docker tests (as root), the .venv, the installs.
+# Extra arguments go to pytest, e.g. `bash Code/test.sh -m "not slow"` for the quick subset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && [ -f Code/ci_setup.sh ]; then
+  bash Code/ci_setup.sh || echo "test.sh: machine setup incomplete; the tests that need it will skip"
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+exec .venv/bin/python -m pytest "$@"
