@@ -9,5 +9,7 @@ if [ "$(id -u)" = 0 ] && [ -f Code/ci_setup.sh ]; then
   bash Code/ci_setup.sh || echo "test.sh: machine setup incomplete; the tests that need it will skip"
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+# (grep drops this machine's harmless pip index warnings; a failed install still stops the run)
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "test.sh: pip install failed"; exit 1; }
 exec .venv/bin/python -m pytest "$@"
