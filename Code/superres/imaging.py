@@ -54,7 +54,8 @@ def _open(source) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(fp, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageTooLarge(f"The image has too many pixels to process safely ({e}).") from e
+        raise ImageTooLarge("The image has far too many megapixels to process safely "
+                            "(it may be a decompression bomb).") from e
     except UnidentifiedImageError as e:
         raise UnsupportedImage("This file is not an image we can read. Use PNG, JPEG, WebP, GIF, BMP or TIFF.") from e
     except OSError as e:  # e.g. a header that starts right but is cut short

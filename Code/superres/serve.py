@@ -1,0 +1,73 @@
+"""python -m superres serve: start the web app (Code/Web_App) with uvicorn.
+
+    python -m superres serve                     # http://0.0.0.0:5000 (HOST / PORT from the environment)
+    MODEL_DIR=runs/export python -m superres serve --port 8000
+
+The models are fetched (MODEL_URL) and loaded before the server starts listening, so a missing or damaged
+model stops it at once with a plain message instead of a server that answers errors.
+Web_App is found beside the package (Code/Web_App in a checkout, /app/Code/Web_App in the Docker image);
+SUPERRES_WEBAPP_DIR points elsewhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+WEBAPP_MODULE = "superres_webapp"
+
+
+def webapp_dir() -> Path:
+    return Path(os.environ.get("SUPERRES_WEBAPP_DIR") or Path(__file__).resolve().parents[1] / "Web_App")
+
+
+def load_webapp():
+    """Import Web_App/app.py as the module `superres_webapp` (it is not part of the installed package)."""
+    if WEBAPP_MODULE in sys.modules:
+        return sys.modules[WEBAPP_MODULE]
+    path = webapp_dir() / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The web app is not at {path}. `serve` runs from a checkout of the repository (Code/Web_App "
+            "beside Code/superres) or from the Docker image; set SUPERRES_WEBAPP_DIR to its folder otherwise.")
+    spec = importlib.util.spec_from_file_location(WEBAPP_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[WEBAPP_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_arguments(p):
+    p.add_argument("--host", default=os.environ.get("HOST") or "0.0.0.0", help="address (default: $HOST or 0.0.0.0)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000), help="port (default: $PORT or 5000)")
+    p.add_argument("--model-dir", default=None, help="model folder (default: $MODEL_DIR or the shipped models)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args) -> int:
+    import logging
+
+    import uvicorn
+
+    from .inference import ModelError
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    try:
+        webapp = load_webapp()
+        settings = webapp.Settings.from_env()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.model_dir:
+        settings.model_dir = Path(args.model_dir)
+    try:
+        enhancer = asyncio.run(webapp.load_models(settings))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = webapp.create_app(settings, enhancer)
+    print(f"serving the super-resolution app on http://{args.host}:{args.port}/ "
+          f"(models: {enhancer.model_dir}, {settings.workers} worker(s), queue {settings.queue})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
