@@ -1,0 +1,88 @@
+#!/bin/sh
+# Machine preparation for the browser and Docker tests (run as root by Code/test.sh before pytest).
+#
+# Idempotent: installs Chromium, a Docker engine and debootstrap from Debian's archive, starts dockerd if it is
+# not running, and builds a local stand-in for `python:3.11-slim` (Docker Hub is not reachable here) unless
+# that image exists already. It never fails the run: whatever cannot be set up is reported, and the tests that
+# need it skip with a reason.
+#
+# Environment: CI_SETUP_LOG (default /tmp/ci_setup.log) gets the long command output.
+set -u
+LOG=${CI_SETUP_LOG:-/tmp/ci_setup.log}
+say() { echo "ci_setup: $*"; }
+
+if [ "$(id -u)" != "0" ]; then
+  say "not root: skipping machine preparation (browser and Docker tests may skip)"
+  exit 0
+fi
+
+# --- packages ---------------------------------------------------------------------------------------------
+need=""
+command -v chromium >/dev/null 2>&1 || need="$need chromium chromium-driver"
+command -v dockerd >/dev/null 2>&1 || need="$need docker.io"
+command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+if [ -n "$need" ]; then
+  say "installing$need (apt-get, output in $LOG)"
+  if ! (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need) >>"$LOG" 2>&1; then
+    say "apt-get could not install$need; see $LOG (tests that need them will skip)"
+  fi
+fi
+command -v chromium >/dev/null 2>&1 && say "chromium: $(command -v chromium)" || say "chromium: not available"
+
+# --- docker engine ------------------------------------------------------------------------------------------
+if ! command -v dockerd >/dev/null 2>&1; then
+  say "dockerd not available: the Docker test will skip"
+  exit 0
+fi
+if ! docker info >/dev/null 2>&1; then
+  say "starting dockerd (log /tmp/dockerd.log, pid in /tmp/dockerd.pid)"
+  nohup dockerd >/tmp/dockerd.log 2>&1 &
+  echo $! >/tmp/dockerd.pid
+  i=0
+  while ! docker info >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ $i -gt 60 ]; then say "dockerd did not come up in 30 s; see /tmp/dockerd.log"; exit 0; fi
+    sleep 0.5
+  done
+fi
+say "docker engine: $(docker version --format '{{.Server.Version}}' 2>/dev/null)"
+
+# --- python:3.11-slim (the real one when Docker Hub answers, else a local stand-in) ---------------------------
+if docker image inspect python:3.11-slim >/dev/null 2>&1; then
+  say "python:3.11-slim present"
+  exit 0
+fi
+if timeout 60 docker pull python:3.11-slim >>"$LOG" 2>&1; then
+  say "pulled python:3.11-slim from Docker Hub"
+  exit 0
+fi
+say "Docker Hub unreachable: building a local python:3.11-slim stand-in from Debian bookworm (~2 min, once)"
+if ! docker image inspect local/debian:bookworm >/dev/null 2>&1; then
+  rootfs=$(mktemp -d /tmp/rootfs.XXXXXX)
+  if ! command -v debootstrap >/dev/null 2>&1 || ! debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >>"$LOG" 2>&1; then
+    say "debootstrap failed; see $LOG (the Docker test will skip)"
+    rm -rf "$rootfs"
+    exit 0
+  fi
+  tar -C "$rootfs" -c . | docker import - local/debian:bookworm >>"$LOG" 2>&1
+  rm -rf "$rootfs"
+fi
+base=$(mktemp -d /tmp/pybase.XXXXXX)
+mkdir -p "$base/ca"
+# the package proxies here intercept TLS with a CA the host trusts; the image must trust it too
+cp /usr/local/share/ca-certificates/*.crt "$base/ca/" 2>/dev/null || true
+cat >"$base/Dockerfile" <<'EOF'
+FROM local/debian:bookworm
+COPY ca/ /usr/local/share/ca-certificates/
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+    python-is-python3 ca-certificates && rm -rf /var/lib/apt/lists/* && update-ca-certificates
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+EOF
+if docker build -t python:3.11-slim "$base" >>"$LOG" 2>&1; then
+  say "built the python:3.11-slim stand-in"
+else
+  say "could not build the python:3.11-slim stand-in; see $LOG (the Docker test will skip)"
+fi
+rm -rf "$base"
+exit 0
