@@ -1,0 +1,27 @@
+# The web app, served with ONNX Runtime (no torch, no fastai):
+#   docker build -t srwebapp . && docker run --rm -it -p 5000:5000 srwebapp    ->  http://localhost:5000/
+# Settings are environment variables (see Code/Web_App/app.py: Settings), e.g.
+#   docker run --rm -it -p 5000:5000 -v $PWD/my_model:/models:ro -e MODEL_DIR=/models srwebapp
+#   docker run --rm -it -p 5000:5000 -e MODEL_URL=https://example.org/model.zip srwebapp
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY Code/Web_App/requirements.txt Code/Web_App/requirements.txt
+RUN python -m pip install --no-cache-dir -r Code/Web_App/requirements.txt
+
+# The package (with the shipped models in superres/default_model) and the web app beside it.
+COPY Code/superres Code/superres
+COPY Code/Web_App Code/Web_App
+RUN useradd --create-home --uid 10001 app
+USER app
+
+ENV PYTHONPATH=/app/Code HOST=0.0.0.0 PORT=5000
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=4)"
+CMD ["python", "-m", "superres", "serve"]
