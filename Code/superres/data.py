@@ -39,6 +39,7 @@ def image_files(folder) -> list[Path]:
 class Degradation:
     """Random degradation of a clean high-resolution image into a low-resolution input."""
     scale: int = 2
+    clean_prob: float = 0.25             # share of plain bicubic downscales (the benchmark convention)
     kernels: tuple = ("bicubic", "bilinear", "area")
     blur_prob: float = 0.5
     blur_sigma: tuple = (0.2, 1.5)       # in high-resolution pixels, applied before downscaling
@@ -48,10 +49,12 @@ class Degradation:
     jpeg_quality: tuple = (30, 95)
 
     def __call__(self, hr: Image.Image, rng: random.Random = random) -> Image.Image:
+        size = (hr.width // self.scale, hr.height // self.scale)
+        if rng.random() < self.clean_prob:
+            return hr.resize(size, Image.BICUBIC)
         img = hr
         if rng.random() < self.blur_prob:
             img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*self.blur_sigma)))
-        size = (hr.width // self.scale, hr.height // self.scale)
         img = img.resize(size, RESAMPLE[rng.choice(self.kernels)])
         if rng.random() < self.noise_prob:
             a = np.asarray(img, dtype=np.float32)

@@ -193,22 +193,25 @@ class Run:
         names = ["valid_loss"] + [m.name for m in learn.metrics]
         self.record["stages"][name] = {
             "epochs": extra.pop("epochs"), "wall_s": round(time.time() - started, 1),
-            "steps": len(times), "s_per_step": round(sum(times[2:]) / max(1, len(times) - 2), 3) if times else None,
+            "steps": len(times), "s_per_step": round(sum(times[2:]) / (len(times) - 2), 3) if len(times) > 2 else None,
             "valid": {k: float(v) for k, v in zip(names, res) if v is not None}, **extra}
         self.save_record()
         print(f"[{name}] done: {self.record['stages'][name]}")
 
 
 # ---- the stages -------------------------------------------------------------------------------------
+# The degradations each stage trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
+DEGRADATIONS = {2: Degradation(scale=2), 4: Degradation(scale=4, blur_sigma=(0.4, 3.0))}
+
+
 def x2_dataloaders(cfg: TrainConfig):
     return sr_dataloaders(cfg.data, cfg.valid, scale=2, hr_size=cfg.hr_size, bs=cfg.bs, repeats=cfg.repeats,
-                          seed=cfg.seed, device=torch.device(cfg.device))
+                          degradation=DEGRADATIONS[2], seed=cfg.seed, device=torch.device(cfg.device))
 
 
 def x4_dataloaders(cfg: TrainConfig):
-    deg = Degradation(scale=4, blur_sigma=(0.4, 3.0))
-    return sr_dataloaders(cfg.data, cfg.valid, scale=4, hr_size=cfg.ups_hr_size, bs=cfg.ups_bs,
-                          repeats=cfg.repeats, degradation=deg, seed=cfg.seed, device=torch.device(cfg.device))
+    return sr_dataloaders(cfg.data, cfg.valid, scale=4, hr_size=cfg.ups_hr_size, bs=cfg.ups_bs, repeats=cfg.repeats,
+                          degradation=DEGRADATIONS[4], seed=cfg.seed, device=torch.device(cfg.device))
 
 
 def train_generator(run: Run, dls, loss_func) -> Generator:
@@ -295,6 +298,7 @@ def train(cfg: TrainConfig, stages=STAGES, export_to=None) -> Run:
     run = Run(cfg)
     loss_func = make_loss(cfg.loss)
     run.record["loss"] = loss_func.name
+    run.record["degradation"] = {f"x{k}": d.to_dict() for k, d in DEGRADATIONS.items()}
     run.save_record()
     dls = x2_dataloaders(cfg)
     generator = train_generator(run, dls, loss_func)
@@ -321,7 +325,7 @@ def export_run(run_dir, out_dir) -> dict:
     cfg = record["config"]
     card = {
         "data": {"train": cfg["data"], "valid": cfg["valid"], "hr_crop": cfg["hr_size"],
-                 "degradation": Degradation(scale=2).to_dict()},
+                 "degradation": record.get("degradation")},
         "losses": {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
                    "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"},
         "stages": record["stages"],
