@@ -13,6 +13,7 @@ VERBS = {
     "enhance": ("superres.enhance", "upscale an image or a folder of images"),
     "evaluate": ("superres.evaluate", "score the models beside bicubic, Lanczos and OpenCV peers"),
     "serve": ("superres.serve", "start the web app (Starlette + uvicorn)"),
+    "report": ("superres.report", "rebuild the report, the presentations and their figures and tables"),
 }
 
 
