@@ -7,9 +7,10 @@ Every number and figure in the documents comes from these inputs; whatever is mi
 "not yet measured" (never a typed-in number):
     Code/results/evaluation.json, Code/results/samples/*.png   (python -m superres evaluate)
     Code/superres/default_model/model_card.json                 (python -m superres export)
-    runs/default/record.json, runs/default/logs/*.csv           (python -m superres train)
-The training record and logs are not in git (runs/ is ignored), so a copy is kept in Report/generated/run/
-and used where runs/default is absent: a fresh clone rebuilds the same curves.
+    runs/<run>/record.json, runs/<run>/logs/*.csv               (python -m superres train)
+The run is the one whose record.json has the model card's stages (the run the shipped models come from).
+Runs are not in git (runs/ is ignored), so a copy is kept in Report/generated/run/ and used where no
+matching run exists: a fresh clone rebuilds the same curves.
 
 Writes Report/generated/ (*.tex includes, figures), arch_srgan.png at the repository root, and with LaTeX
 (Debian: texlive-latex-recommended texlive-latex-extra latexmk) Report/report.pdf,
@@ -32,7 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 REPORT_DIR = REPO / "Report"
 GENERATED = REPORT_DIR / "generated"
 DEFAULT_EVALUATION = REPO / "Code" / "results" / "evaluation.json"
-DEFAULT_RUN = REPO / "runs" / "default"
 ARCH_PNG = REPO / "arch_srgan.png"
 DOCS = {"report": "Report/report.tex", "initial": "Presentations/Initial/initial.tex",
         "final": "Presentations/Final/final.tex"}     # relative to the repository root
@@ -189,7 +189,7 @@ def speed_tabular(report: dict) -> str:
 
 
 def targets_tabular(targets: list[dict], measured: bool = True) -> str:
-    cols = "p{0.62\\linewidth}rrc" if measured else "p{0.9\\linewidth}"
+    cols = "p{0.5\\linewidth}rrc" if measured else "p{0.9\\linewidth}"
     head = "Target & measured & required & met \\\\" if measured else "Target \\\\"
     out = [header("the evaluation targets"), f"\\begin{{tabular}}{{{cols}}}", "\\toprule", head, "\\midrule"]
     for t in targets:
@@ -282,6 +282,9 @@ def eval_files(report: dict | None) -> dict[str, str]:
         lookups.append(f"\\renewcommand{{\\SpeedSetup}}{{$\\times{sp.get('scale', '?')}$, {tex(sp.get('input', '?'))} "
                        f"$\\to$ {tex(sp.get('output', '?'))}, median of {sp.get('runs', '?')} runs after a warm-up, "
                        "each method in its own process}")
+        for macro, key in (("SpeedInput", "input"), ("SpeedOutput", "output")):
+            size = tex(sp.get(key, "?")).replace("x", r"$\times$")
+            lookups.append(f"\\renewcommand{{\\{macro}}}{{{size}}}")
         for r in report["speed"]:
             for k, d in (("seconds_per_image", 3), ("megapixels_per_s", 2), ("peak_rss_mb", 0)):
                 if r.get(k) is not None:
@@ -482,6 +485,7 @@ def training_curves(logs: dict, path: Path) -> bool:
         ax.set_title(stage)
         ax.set_xlabel("epoch", labelpad=1)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(0.5, max(ep) + 0.5)
         metric = "psnr_y" if "psnr_y" in rows[0] else ("accuracy_thresh_expand" if "accuracy_thresh_expand" in rows[0] else None)
         if metric:
             ax2 = ax.twinx()
@@ -624,7 +628,21 @@ def write_files(files: dict[str, str], out: Path, prefix: str | None = None) -> 
             p.write_text(text)
 
 
-def generate(root=REPO, evaluation=None, model_dir=None, run_dir=DEFAULT_RUN, samples_dir=None, log=print) -> dict:
+def find_run(card: dict | None, runs=REPO / "runs") -> Path | None:
+    """The training run the model card was exported from: the runs/*/ whose record.json has the card's stages."""
+    stages = (card or {}).get("stages")
+    if not stages or not Path(runs).is_dir():
+        return None
+    for rec in sorted(Path(runs).glob("*/record.json")):
+        try:
+            if json.loads(rec.read_text()).get("stages") == stages:
+                return rec.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples_dir=None, log=print) -> dict:
     """Write every generated input of the documents under `root` (Report/generated/ and arch_srgan.png);
     returns what was available. `root` is the repository, or a copy of its Report/ and Presentations/."""
     from . import DEFAULT_MODEL_DIR
@@ -637,7 +655,14 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir=DEFAULT_RUN, sa
     card_path = Path(model_dir or DEFAULT_MODEL_DIR) / "model_card.json"
     report, card = load_json(evaluation), load_json(card_path)
     samples_dir = Path(samples_dir) if samples_dir else evaluation.parent / "samples"
-    record, logs, counts = snapshot_run(Path(run_dir), out / "run", log)
+    if run_dir == "auto":   # the run that made the shipped models; else the snapshot already in generated/run
+        run_dir = find_run(card)
+        if run_dir is None:
+            log("report: no run under runs/ matches the model card's stages; using Report/generated/run/ as it is")
+    record, logs, counts = snapshot_run(Path(run_dir) if run_dir else out / "none", out / "run", log)
+    if card and record and not card.get("untrained") and record.get("stages") != card.get("stages"):
+        log("report: the training record is not the model card's run: its curves and settings are left out")
+        record, logs = None, {}
 
     write_files(eval_files(report), out, prefix="eval_")
     write_files(model_files(card, record, counts), out)
@@ -691,7 +716,8 @@ def build_pdf(tex_path: Path, log=print) -> Path:
 def add_arguments(p):
     p.add_argument("--evaluation", default=str(DEFAULT_EVALUATION), help="evaluation.json (python -m superres evaluate)")
     p.add_argument("--model-dir", default=None, help="model folder with model_card.json (default: superres/default_model)")
-    p.add_argument("--run", default=str(DEFAULT_RUN), help="training run folder (record.json, logs/)")
+    p.add_argument("--run", default="auto", help="training run folder (record.json, logs/); default: the runs/*/ "
+                   "whose record matches the model card's stages, else the copy in Report/generated/run/")
     p.add_argument("--no-pdf", action="store_true", help="write the generated files only, run no LaTeX")
     p.add_argument("--docs", default=",".join(DOCS), help="which PDFs to build: " + ",".join(DOCS))
 
