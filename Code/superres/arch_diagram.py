@@ -216,7 +216,7 @@ def draw(desc: dict, path=None, dpi: int = 110):
     n = len(enc)
     top, step, bh = 96.0, 9.6, 7.2
     ex, ew = 16.0, 36.0
-    dx, dw = 106.0, 36.0
+    dx, dw = 104.0, 38.0
     box(1.5, top, 11, bh, "LR input x\n3 x H x W", COLORS["io"], fs=11)
     enc_pos = []
     for i, lvl in enumerate(enc):
