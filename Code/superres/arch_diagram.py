@@ -124,7 +124,7 @@ def describe_critic(nf: int) -> dict:
     with torch.no_grad():
         out = c(torch.rand(1, 3, 2 * PROBE, 2 * PROBE))
     spectral = any(hasattr(m, "weight_orig") for m in c.modules())
-    return {"nf": nf, "convs": convs, "self_attention": _count(c, ("SelfAttention",)) > 0,
+    return {"nf": nf, "high_pass": _count(c, ("HighPass",)) > 0, "convs": convs, "self_attention": _count(c, ("SelfAttention",)) > 0,
             "res_blocks": _count(c, ("SequentialEx",)), "spectral_norm": spectral,
             "logits_for_probe": list(out.shape[1:]), "probe": 2 * PROBE, "params": n_params(c)}
 
@@ -316,7 +316,8 @@ def draw(desc: dict, path=None, dpi: int = 110):
     strided = [c for c in convs if c["stride"] == 2]
     chans = ", ".join(f"{c['in']}->{c['out']}" for c in strided)
     extras = (", self-attention" if critic["self_attention"] else "") + (", spectral norm" if critic["spectral_norm"] else "")
-    box(cx, cyy, 54, 14, f"Critic D: fastai gan_critic (nf = {critic['nf']}, {_fmt_params(critic['params'])})\n"
+    box(cx, cyy, 54, 14, f"Critic D: fastai gan_critic (nf = {critic['nf']}, {_fmt_params(critic['params'])})"
+        + (" on x - blur(x)" if critic.get("high_pass") else "") + "\n"
         f"{len(strided)} stride-2 4x4 convs ({chans} ch),\n{critic['res_blocks']} residual block{extras},\n"
         f"then a 4x4 conv -> patch logits (real / generated)", COLORS["critic"], fs=10.5)
     arrow((68, cy), (72, cyy + 14), color=COLORS["loss"])

@@ -124,9 +124,25 @@ class Chain(nn.Module):
         return self.upsampler(y2)
 
 
-def make_critic(nf: int = 64, n_blocks: int = 3) -> nn.Module:
-    """fastai's GAN critic (spectral norm, self-attention), scoring patches of the output."""
-    return gan_critic(n_channels=3, nf=nf, n_blocks=n_blocks)
+class HighPass(nn.Module):
+    """x - blur(x), amplified: the detail a x2 network adds or misses.
+
+    Why: on clean portraits a x2 output and the real photo differ by one or two grey levels. Fed raw images,
+    fastai's critic stayed at chance (BCE = ln 2 after 228 steps, even between bicubic and real); fed this
+    residual it told bicubic from real within 80 steps (loss 0.23)."""
+
+    def __init__(self, gain: float = 8.0):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        blur = F.interpolate(F.avg_pool2d(x, 2), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (x - blur) * self.gain
+
+
+def make_critic(nf: int = 32, n_blocks: int = 3) -> nn.Module:
+    """fastai's GAN critic (spectral norm, self-attention) on the image's high frequencies; patch logits."""
+    return nn.Sequential(HighPass(), gan_critic(n_channels=3, nf=nf, n_blocks=n_blocks))
 
 
 def n_params(model: nn.Module) -> int:
