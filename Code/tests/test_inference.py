@@ -124,23 +124,60 @@ def test_alpha_grayscale_icc(enhancer):
     assert enhancer.enhance(rgba.convert("LA"), scale=2).mode == "LA"
 
 
-@pytest.mark.slow
-def test_memory_bounded_by_tile_not_image(untrained_model_dir, tmp_path):
-    """x4 of a 2000x2000 photo in a fresh process: peak RSS under 2 GB (the output alone is 192 MB)."""
+def cheap_model_dir(dest) -> "Path":
+    """A model folder that keeps the contract (three ONNX files, blendable generators, card with sha256) but
+    whose networks are a x2 resize and a 3x3 convolution: fast enough to push 2000x2000 x4 through in seconds."""
+    import hashlib
+    from pathlib import Path
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    kernel = np.zeros((3, 3, 3, 3), np.float32)
+    kernel[range(3), range(3), 1, 1] = 1.0
+    files = {"generator_faithful": "generator_faithful.onnx", "generator_gan": "generator_gan.onnx",
+             "upsampler": "upsampler.onnx"}
+    for i, name in enumerate(files.values()):
+        graph = helper.make_graph(
+            [helper.make_node("Resize", ["input", "", "scales"], ["up"], mode="cubic"),
+             helper.make_node("Conv", ["up", "w"], ["output"], pads=[1, 1, 1, 1])],
+            "cheap", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, "h2", "w2"])],
+            [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(kernel * (1 + 0.01 * i), "w")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), dest / name)
+    card = {"name": "cheap-test-model", "chain": {"2": ["generator"], "4": ["generator", "upsampler"]},
+            "scales": [2, 4], "input_multiple": 32, "default_strength": 0.5, "files": files,
+            "sha256": {f: hashlib.sha256((dest / f).read_bytes()).hexdigest() for f in files.values()}}
+    (dest / "model_card.json").write_text(json.dumps(card))
+    return dest
+
+
+def test_memory_bounded_by_tile_not_image(tmp_path):
+    """x4 of a 2000x2000 photo (tiling, assembly, PNG encoding) in a fresh process: peak RSS under 2 GB.
+
+    The networks here are cheap stand-ins so that this runs in seconds; what one network run of the shipped
+    size costs is bounded by MAX_NET_INPUT (test_auto_tile_bounds_network_input), and Code/Web_App/bench.py
+    --big measures the shipped models on the same job."""
+    model = cheap_model_dir(tmp_path / "model")
     script = textwrap.dedent(f"""
         import resource, numpy as np
         from PIL import Image
         from superres.inference import Enhancer
-        from superres.imaging import encode_png
-        img = Image.fromarray(np.asarray(Image.open({str(tmp_path / 'big.jpg')!r}).convert('RGB')))
-        out = Enhancer({str(untrained_model_dir)!r}).enhance(img, scale=4)
+        from superres.imaging import encode_png, load_image
+        img = load_image({str(tmp_path / 'big.jpg')!r})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = Enhancer({str(model)!r}).enhance(img, scale=4)
         assert out.size == (8000, 8000), out.size
         png = encode_png(out, compress_level=1)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     """)
     grace_hopper().resize((2000, 2000)).save(tmp_path / "big.jpg", quality=90)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1800)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    peak_mb = int(res.stdout.split()[-1]) / 1024
-    print(f"peak RSS for x4 of 2000x2000: {peak_mb:.0f} MB")
+    before_mb, peak_mb = (int(v) / 1024 for v in res.stdout.split()[-2:])
+    print(f"peak RSS for x4 of 2000x2000 (cheap networks): {peak_mb:.0f} MB (after loading: {before_mb:.0f} MB)")
     assert peak_mb < 2048
+    # the 8000x8000 result is 192 MB as an array and 256 MB as a PIL image; the rest must be small
+    assert peak_mb - before_mb < 192 + 256 + 400
