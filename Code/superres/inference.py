@@ -154,20 +154,32 @@ class Enhancer:
         elif s == 1.0:
             entry = (self._session(self._paths["generator_gan"]),)
         else:
-            so = self._options()
-            keep = []   # the arrays and OrtValues must outlive the session (ORT only borrows them)
-            for name, d in self._delta.items():
-                w = np.ascontiguousarray(self._faithful[name] + np.float32(s) * d, dtype=self._faithful[name].dtype)
-                value = ort.OrtValue.ortvalue_from_numpy(w)
-                keep += [w, value]
-                so.add_initializer(name, value)
-            entry = (self._session(self._paths["generator_faithful"], so), so, keep)
+            entry = (self._blended_session(s),)
         with self._lock:
             self._sessions[s] = entry
             self._sessions.move_to_end(s)
             while len(self._sessions) > self._cache_size:
                 self._sessions.popitem(last=False)
         return entry[0]
+
+    def _blended_session(self, s: float) -> ort.InferenceSession:
+        """A session for faithful + s * (gan - faithful), built from a rewritten copy of the faithful model.
+
+        (ORT's SessionOptions.add_initializer looked like the cheaper way, but measured against torch it left
+        most of the blend out: at s = 0.5 the output moved 0.04 grey levels instead of 1.7.)"""
+        import onnx
+        from onnx import numpy_helper
+        model = onnx.load(str(self._paths["generator_faithful"]))
+        for t in model.graph.initializer:
+            d = self._delta.get(t.name)
+            if d is not None:
+                w = (self._faithful[t.name] + np.float32(s) * d).astype(self._faithful[t.name].dtype)
+                t.CopyFrom(numpy_helper.from_array(w, t.name))
+        try:
+            return ort.InferenceSession(model.SerializeToString(), self._options(),
+                                        providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"ONNX Runtime could not build the strength-{s} generator ({e}).") from e
 
     # ---- inference -----------------------------------------------------------------------------------
     def auto_tile(self, scale: int, tile_pad: int = DEFAULT_TILE_PAD) -> int:

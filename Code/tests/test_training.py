@@ -243,3 +243,28 @@ def test_critic_learns_to_tell_bicubic_from_real(sample_photos):
         opt.step()
         opt.zero_grad()
     assert loss.item() < 0.5  # ln 2 = 0.693 is chance
+
+
+def test_onnx_strength_blend_equals_torch_weight_interpolation(tmp_path):
+    """The Enhancer's strength must be the same network interpolation as in torch, not just near s=0."""
+    from superres.export import export_models
+    from superres.inference import Enhancer
+    torch.manual_seed(0)
+    faithful, gan, ups = Generator(SMALL).eval(), Generator(SMALL).eval(), Generator(SMALL).eval()
+    with torch.no_grad():
+        for m in (faithful, gan):
+            m.head[-1][0].weight.normal_(0, 0.05)
+            for p in m.unet.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    export_models(faithful, gan, ups, tmp_path)
+    enhancer = Enhancer(tmp_path)
+    img = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    out = {}
+    for s in (0.0, 0.5):
+        mixed = Generator(SMALL).eval()
+        mixed.load_state_dict(interpolate_weights(faithful.state_dict(), gan.state_dict(), s))
+        ref = (upscale(mixed, x).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255)
+        out[s] = np.asarray(enhancer.enhance(img, scale=2, strength=s, tile=0), dtype=np.float32)
+        assert np.abs(out[s] - ref).max() <= 1.01  # uint8 rounding
+    assert np.abs(out[0.5] - out[0.0]).mean() > 1.0  # the blend really moved the output
