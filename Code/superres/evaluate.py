@@ -652,7 +652,7 @@ def markdown_report(report: dict) -> str:
         lines += ["## Targets", "", "| target | measured | required | met |", "| --- | ---: | ---: | :---: |"]
         for t in report["targets"]:
             met = {True: "yes", False: "**no**", None: "not measured"}[t["passed"]]
-            lines.append(f"| {t['description']} | {_fmt(t['measured'], 3)} | {_fmt(t['required'], 3)} | {met} |")
+            lines.append(f"| {t['description'].replace('|', chr(92) + '|')} | {_fmt(t['measured'], 3)} | {_fmt(t['required'], 3)} | {met} |")
         lines.append("")
     for set_name, scale in tasks_in(report):
         rows = quality_table(report, set_name, scale)

@@ -74,7 +74,7 @@ def export_models(faithful: Generator, gan: Generator, upsampler: Generator, out
         "chain": {"2": ["generator"], "4": ["generator", "upsampler"]},
         "input_multiple": SIZE_MULTIPLE,
         "io": {"input": "input", "output": "output", "layout": "NCHW float32 RGB in [0,1]", "network_scale": 2},
-        "default_strength": 0.5,
+        "default_strength": 0.25,
         "files": dict(FILES),
         "sha256": {f: sha256(out_dir / f) for f in FILES.values()},
         "architecture": {"generator": faithful.cfg.to_dict(), "upsampler": upsampler.cfg.to_dict()},
