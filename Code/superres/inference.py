@@ -130,6 +130,8 @@ class Enhancer:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # tiles of different sizes fragment the arena; without it memory is returned after each run
         so.enable_cpu_mem_arena = False
+        # idle ORT threads sleep instead of spinning: the event loop and other requests keep their CPU
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
     def _session(self, path: Path, so: ort.SessionOptions | None = None) -> ort.InferenceSession:
