@@ -105,6 +105,20 @@ class EpochCheckpoint(Callback):
             json.dumps({"epoch": self.epoch}))
 
 
+class ResumableCSVLogger(CSVLogger):
+    """fastai's CSVLogger, leaving out the header and the skipped epochs when a fit resumes at `start`."""
+
+    def __init__(self, fname, start=0):
+        super().__init__(fname=fname, append=start > 0)
+        self.start = start
+
+    def _write_line(self, log):
+        first = log[0] if len(log) else None
+        if self.start and (first == "epoch" or (isinstance(first, int) and first < self.start)):
+            return
+        super()._write_line(log)
+
+
 class StepTimer(Callback):
     """Wall seconds per training step, for the record."""
     def before_fit(self):
@@ -154,7 +168,7 @@ def fit_resumable(learn: Learner, name: str, epochs: int, lr, one_cycle: bool = 
         learn.load(f"{name}_last", with_opt=True)
         print(f"[{name}] resuming at epoch {start}/{epochs}")
     timer = StepTimer()
-    cbs = [EpochCheckpoint(name), CSVLogger(fname=f"logs/{name}.csv", append=start > 0), timer]
+    cbs = [EpochCheckpoint(name), ResumableCSVLogger(f"logs/{name}.csv", start), timer]
     if start < epochs:
         if one_cycle:
             learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
