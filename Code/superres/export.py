@@ -86,14 +86,6 @@ def export_models(faithful: Generator, gan: Generator, upsampler: Generator, out
     return full
 
 
-def load_generator(checkpoint) -> Generator:
-    """Rebuild a network from a checkpoint written by `superres.train` ({"config", "model"})."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = Generator(UnetConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
 def export_untrained(out_dir, cfg: UnetConfig | None = None, seed: int = 0) -> dict:
     """A complete model folder from randomly initialised networks (for tests and for trying the pipeline).
 

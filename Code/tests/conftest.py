@@ -23,10 +23,8 @@ def grace_hopper() -> Image.Image:
 @pytest.fixture(scope="session")
 def sample_photos(tmp_path_factory) -> Path:
     """A folder with two real portraits that packages ship."""
-    d = tmp_path_factory.mktemp("photos")
-    astronaut().save(d / "astronaut.png")
-    grace_hopper().save(d / "grace_hopper.jpg", quality=95)
-    return d
+    from superres.samples import sample_photos as write_samples
+    return write_samples(tmp_path_factory.mktemp("photos"))
 
 
 # ---- model folder, ports and a running web app (inference, enhance, web app tests) -------------------
