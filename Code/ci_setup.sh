@@ -1,18 +1,23 @@
 #!/bin/sh
-# Machine preparation for the browser and Docker tests (run as root by Code/test.sh before pytest).
+# Machine preparation for the browser, Docker and document tests (run as root by Code/test.sh before pytest).
 #
-# Idempotent: installs Chromium, a Docker engine and debootstrap from Debian's archive, starts dockerd if it is
-# not running, and builds a local stand-in for `python:3.11-slim` (Docker Hub is not reachable here) unless
-# that image exists already. It never fails the run: whatever cannot be set up is reported, and the tests that
-# need it skip with a reason.
+# Idempotent: installs Chromium, a Docker engine, debootstrap and LaTeX (texlive + latexmk) from Debian's
+# archive, starts dockerd if it is not running, and builds a local stand-in for `python:3.11-slim` (Docker Hub
+# is not reachable here) unless that image exists already. Whatever cannot be set up is reported in one line;
+# under CI=true that is a failure (exit 1), elsewhere the tests that need it skip with the reason.
 #
 # Environment: CI_SETUP_LOG (default /tmp/ci_setup.log) gets the long command output.
 set -u
 LOG=${CI_SETUP_LOG:-/tmp/ci_setup.log}
 say() { echo "ci_setup: $*"; }
+# a setup step failed: fatal under CI (where every test must run), a warning elsewhere
+fail() {
+  say "$*"
+  if [ "${CI:-}" = "true" ]; then say "CI=true: stopping"; exit 1; fi
+}
 
 if [ "$(id -u)" != "0" ]; then
-  say "not root: skipping machine preparation (browser and Docker tests may skip)"
+  fail "not root: cannot install Chromium, Docker and LaTeX (browser, Docker and document tests skip)"
   exit 0
 fi
 
@@ -21,17 +26,19 @@ need=""
 command -v chromium >/dev/null 2>&1 || need="$need chromium chromium-driver"
 command -v dockerd >/dev/null 2>&1 || need="$need docker.io"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+command -v latexmk >/dev/null 2>&1 || need="$need texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended latexmk"
 if [ -n "$need" ]; then
   say "installing$need (apt-get, output in $LOG)"
   if ! (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need) >>"$LOG" 2>&1; then
-    say "apt-get could not install$need; see $LOG (tests that need them will skip)"
+    fail "apt-get could not install$need; see $LOG"
   fi
 fi
-command -v chromium >/dev/null 2>&1 && say "chromium: $(command -v chromium)" || say "chromium: not available"
+command -v chromium >/dev/null 2>&1 && say "chromium: $(command -v chromium)" || fail "chromium: not available"
+command -v latexmk >/dev/null 2>&1 && say "latexmk: $(command -v latexmk)" || fail "latexmk: not available"
 
 # --- docker engine ------------------------------------------------------------------------------------------
 if ! command -v dockerd >/dev/null 2>&1; then
-  say "dockerd not available: the Docker test will skip"
+  fail "dockerd not available: the Docker tests cannot run"
   exit 0
 fi
 if ! docker info >/dev/null 2>&1; then
@@ -41,7 +48,7 @@ if ! docker info >/dev/null 2>&1; then
   i=0
   while ! docker info >/dev/null 2>&1; do
     i=$((i + 1))
-    if [ $i -gt 60 ]; then say "dockerd did not come up in 30 s; see /tmp/dockerd.log"; exit 0; fi
+    if [ $i -gt 60 ]; then fail "dockerd did not come up in 30 s; see /tmp/dockerd.log"; exit 0; fi
     sleep 0.5
   done
 fi
@@ -60,8 +67,8 @@ say "Docker Hub unreachable: building a local python:3.11-slim stand-in from Deb
 if ! docker image inspect local/debian:bookworm >/dev/null 2>&1; then
   rootfs=$(mktemp -d /tmp/rootfs.XXXXXX)
   if ! command -v debootstrap >/dev/null 2>&1 || ! debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >>"$LOG" 2>&1; then
-    say "debootstrap failed; see $LOG (the Docker test will skip)"
     rm -rf "$rootfs"
+    fail "debootstrap failed; see $LOG"
     exit 0
   fi
   tar -C "$rootfs" -c . | docker import - local/debian:bookworm >>"$LOG" 2>&1
@@ -82,7 +89,8 @@ EOF
 if docker build -t python:3.11-slim "$base" >>"$LOG" 2>&1; then
   say "built the python:3.11-slim stand-in"
 else
-  say "could not build the python:3.11-slim stand-in; see $LOG (the Docker test will skip)"
+  rm -rf "$base"
+  fail "could not build the python:3.11-slim stand-in; see $LOG"
 fi
 rm -rf "$base"
 exit 0

@@ -48,7 +48,7 @@ log = logging.getLogger("superres.webapp")
 @dataclass
 class Settings:
     """Everything configurable, read from the environment by `from_env` (names in capitals)."""
-    model_dir: Path = DEFAULT_MODEL_DIR   # MODEL_DIR: the model folder (three ONNX files + model_card.json)
+    model_dir: Path = DEFAULT_MODEL_DIR   # MODEL_DIR: the model folder (ONNX generators + model_card.json)
     model_url: str = ""                   # MODEL_URL: fetch a .zip/.tar.gz model folder at start-up instead
     model_sha256: str = ""                # MODEL_SHA256: optional checksum of that archive
     model_cache: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "superres-models")  # MODEL_CACHE

@@ -1,9 +1,9 @@
 """The architecture diagram (arch_srgan.png), drawn from the real networks.
 
-`describe()` builds the generator, the up-sampler and the critic with `superres.models` on the CPU (random
+`describe()` builds the x4 and x2 generators and the critic with `superres.models` on the CPU (random
 weights, a few seconds), runs one low-resolution batch through them with forward hooks and records what
 each part really is: encoder levels (channels, resolution, blocks), decoder blocks (channels, which one
-has self-attention), the PixelShuffle heads, the critic's layers and every parameter count. `draw()` turns
+has self-attention), the trunk, the PixelShuffle head, the critic's layers and every parameter count. `draw()` turns
 that description into a matplotlib figure, so the picture changes when the models do.
 
     python -m superres.arch_diagram -o arch_srgan.png [--model-dir Code/superres/default_model]
@@ -15,7 +15,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-PROBE = 64          # side of the low-resolution probe input (the training LR crop is hr_size/2 = 64)
+PROBE = 64          # side of the low-resolution probe input (the training LR crop is hr_size/scale = 64)
 
 
 # ---- what the networks are -------------------------------------------------------------------------
@@ -92,7 +92,6 @@ def describe_generator(cfg) -> dict:
     last_block = max(i for i, n in enumerate(names) if n == "UnetBlock")
     final = layers[last_block + 1:]
     final_shape = shapes[("u", len(layers) - 1)]
-    head_shuffle, head_conv = g.head[0], g.head[-1]
     return {
         "config": cfg.to_dict(),
         "encoder_arch": cfg.arch,
@@ -105,8 +104,9 @@ def describe_generator(cfg) -> dict:
                   "channels": final_shape[1], "res": _fraction(PROBE, final_shape[2]),
                   "params": sum(n_params(m) for m in final),
                   "pixel_shuffle": any(type(m).__name__ == "PixelShuffle_ICNR" for m in final)},
-        "head": {"channels_in": cfg.head_nf, "scale": cfg.scale, "params": n_params(g.head),
-                 "shuffle_params": n_params(head_shuffle), "conv_params": n_params(head_conv)},
+        "stem_params": n_params(g.stem),
+        "trunk": {"blocks": cfg.trunk_blocks, "channels": cfg.nf, "params": n_params(g.trunk)},
+        "head": {"channels_in": cfg.nf, "scale": cfg.scale, "params": n_params(g.head)},
         "output": list(out.shape[1:]),
         "params": n_params(g),
     }
@@ -130,31 +130,33 @@ def describe_critic(nf: int) -> dict:
 
 
 def describe(model_card: dict | None = None, train_config: dict | None = None, loss: str | None = None) -> dict:
-    """Describe the three networks as the model card (or, without one, the code's defaults) configures them."""
+    """Describe the networks as the model card (or, without one, the code's defaults) configures them:
+    `generator` is the x4 one (drawn in full), `generator_x2` the x2 one."""
+    from dataclasses import replace
     from .train import TrainConfig
     arch = (model_card or {}).get("architecture", {})
     tc = train_config or {}
-    gen_cfg = _unet_config(arch.get("generator") or tc.get("generator"))
-    ups_cfg = _unet_config(arch.get("upsampler") or tc.get("upsampler"))
+    gen_cfg = _unet_config(arch.get("x4") or tc.get("generator"))
+    x2_cfg = _unet_config(arch["x2"]) if "x2" in arch else replace(gen_cfg, scale=2)
     critic_nf = int(tc.get("critic_nf", TrainConfig(data="").critic_nf))
-    gen = describe_generator(gen_cfg)
-    ups = gen if ups_cfg == gen_cfg else describe_generator(ups_cfg)
+    losses = (model_card or {}).get("losses") or {}
     desc = {"source": "model card" if arch else ("training record" if tc else "code defaults"),
-            "generator": gen, "upsampler": ups, "critic": describe_critic(critic_nf),
-            "loss": ((model_card or {}).get("losses") or {}).get("generator") or loss,
+            "generator": describe_generator(gen_cfg), "generator_x2": describe_generator(x2_cfg),
+            "critic": describe_critic(critic_nf),
+            "loss": (losses.get("x4") or {}).get("generator") or loss,
             "gan_weights": tc.get("gan_weights", list(TrainConfig(data="").gan_weights)),
             "default_strength": (model_card or {}).get("default_strength")}
     card_params = (model_card or {}).get("parameters", {})
-    for key in ("generator", "upsampler"):
-        if key in card_params and card_params[key] != desc[key]["params"]:
+    for key, name in (("x4", "generator"), ("x2", "generator_x2")):
+        if key in card_params and card_params[key] != desc[name]["params"]:
             raise RuntimeError(f"{key}: the model card says {card_params[key]} parameters, the rebuilt network "
-                               f"has {desc[key]['params']}: the card and superres.models disagree")
+                               f"has {desc[name]['params']}: the card and superres.models disagree")
     return desc
 
 
 # ---- drawing ---------------------------------------------------------------------------------------
 COLORS = {"enc": "#dbe9f6", "dec": "#fde3c8", "mid": "#e4dcf1", "head": "#d5efd5", "io": "#f2f2f2",
-          "critic": "#f8d5d5", "ups": "#fff3bf", "loss": "#c0392b", "edge": "#3b3b3b"}
+          "critic": "#f8d5d5", "trunk": "#fff3bf", "loss": "#c0392b", "edge": "#3b3b3b"}
 
 
 def loss_text(name: str | None) -> str:
@@ -200,11 +202,11 @@ def draw(desc: dict, path=None, dpi: int = 110):
     def label(x, y, text, fs=11, color="black", ha="center", weight="normal", style="normal"):
         ax.text(x, y, text, ha=ha, va="center", fontsize=fs, color=color, weight=weight, style=style)
 
-    gen, ups, critic = desc["generator"], desc["upsampler"], desc["critic"]
+    gen, gen2, critic = desc["generator"], desc["generator_x2"], desc["critic"]
     cfg = gen["config"]
     widen = f", widen {cfg['widen']:g}" if cfg["arch"].startswith("xresnet") else ""
-    ax.text(100, 111.5, f"Generator G: fastai DynamicUnet on a {cfg['arch']}{widen} encoder, run on the "
-            f"low-resolution input   ({_fmt_params(gen['params'])} parameters)",
+    ax.text(100, 111.5, f"Generator G (x{cfg['scale']}): fastai DynamicUnet on a {cfg['arch']}{widen} encoder + "
+            f"ResBlock trunk, all at the low-resolution input's size   ({_fmt_params(gen['params'])} parameters)",
             ha="center", va="center", fontsize=16, weight="bold")
     opts = [k for k in ("blur", "self_attention") if cfg.get(k)] + ["weight norm"]
     ax.text(100, 107.5, "options: " + ", ".join(o.replace("_", "-") for o in opts)
@@ -262,52 +264,49 @@ def draw(desc: dict, path=None, dpi: int = 110):
           fs=12.5, weight="bold", ha="left")
     label(ex, my + 3.5, "dashed: skip connections (concatenated)", fs=10.5, color="#566573", style="italic", ha="left")
 
-    # final up-sampling of DynamicUnet to the input size, then our x2 head
+    # final up-sampling of DynamicUnet to the input size, then the stem + trunk at that size, then the head
     fx, fy = 152.0, dec_pos[-1][1] + step
     fin = gen["final"]
     fin_text = ("PixelShuffle x2 (ICNR) to input size\n+ 1x1 conv -> " if fin["pixel_shuffle"] else "resize + 1x1 conv -> ")
     box(fx, fy, 44, bh, fin_text + f"{fin['channels']} ch @ {fin['res']}   ({_fmt_params(fin['params'])})",
         COLORS["dec"], fs=10.5)
     arrow((dec_pos[-1][0] + dw, dec_pos[-1][1] + bh / 2), (fx, fy + bh / 2), rad=0.15)
-    hd = gen["head"]
-    hy = fy - 2 * step
-    box(fx, hy, 44, bh + 2.0, f"head: PixelShuffle x{hd['scale']} (ICNR, blur)\n{hd['channels_in']} ch @ "
-        f"{hd['scale']}H, conv 3x3 -> 3 ch (zero-init)\n({_fmt_params(hd['params'])})", COLORS["head"], fs=10.5,
-        weight="bold")
-    arrow((fx + 22, fy), (fx + 22, hy + bh + 2.0))
-    # bicubic residual, then the x2 output
+    tr, hd = gen["trunk"], gen["head"]
+    ty = fy - step
+    box(fx, ty, 44, bh, f"+ stem conv 3x3 of x ({_fmt_params(gen['stem_params'])}), then trunk:\n"
+        f"{tr['blocks']}x ResBlock, {tr['channels']} ch @ H   ({_fmt_params(tr['params'])})", COLORS["trunk"], fs=10.5)
+    arrow((fx + 22, fy), (fx + 22, ty + bh))
+    hy = ty - step - 2.0
+    box(fx, hy, 44, bh + 2.0, f"head: conv 3x3 {hd['channels_in']} -> 3 x {hd['scale']}^2 ch @ H\n"
+        f"+ PixelShuffle x{hd['scale']} (ICNR init)  ({_fmt_params(hd['params'])})\nthe only step at the output size",
+        COLORS["head"], fs=10.5, weight="bold")
+    arrow((fx + 22, ty), (fx + 22, hy + bh + 2.0))
+    # bicubic residual, then the output
     px, py = fx + 14, hy - 6.5
     ax.add_patch(plt.Circle((px, py), 2.2, fc="white", ec=COLORS["edge"], lw=1.5))
     label(px, py, "+", fs=16, weight="bold")
     arrow((px, hy), (px, py + 2.2))
     box(fx + 24, py - 3.6, 20, 7.2, f"bicubic x{hd['scale']} of x\n(global residual)", COLORS["io"], fs=10.5)
     arrow((fx + 24, py), (px + 2.2, py))
-    box(fx + 4, py - 15, 20, 7.2, r"$\hat y_{\times %d}$" % hd["scale"] + f"\n3 x {hd['scale']}H x {hd['scale']}W",
+    box(fx + 4, py - 13.5, 20, 7.2, r"$\hat y_{\times %d}$" % hd["scale"] + f"\n3 x {hd['scale']}H x {hd['scale']}W",
         COLORS["io"], fs=11.5)
-    arrow((px, py - 2.2), (px, py - 7.8))
+    arrow((px, py - 2.2), (px, py - 6.3))
 
-    # ---- bottom band: the x2 / x4 chain, the critic and the losses -----------------------------------
-    base = 4.0
+    # ---- bottom band: one generator per scale, the critic and the losses --------------------------
     ax.plot([2, 198], [47.5, 47.5], color="#bbbbbb", lw=1)
-    label(100, 44.5, "Training and inference: the x2 / x4 chain, the critic, and where each loss applies",
+    label(100, 44.5, "Training and inference: one generator per scale, the critic, and where each loss applies",
           fs=15, weight="bold")
     cy = 30.0
     box(2, cy, 14, 8, "LR input x\n3 x H x W", COLORS["io"], fs=11)
     s = desc.get("default_strength")
-    box(22, cy - 1, 30, 10, "G (weights blended)\n"
+    box(22, cy - 1, 40, 10, f"G: x{cfg['scale']} above, or x2 (same design, {_fmt_params(gen2['params'])})\n"
+        "weights blended: "
         r"$\theta(s) = (1-s)\,\theta_{faithful} + s\,\theta_{GAN}$" + "\n"
         + (f"default s = {s:g}" if s is not None else "s in [0, 1]"), COLORS["head"], fs=11)
     arrow((16, cy + 4), (22, cy + 4))
-    box(58, cy, 20, 8, r"$\hat y_{\times 2}$" + f"\n3 x 2H x 2W", COLORS["io"], fs=12)
-    arrow((52, cy + 4), (58, cy + 4))
-    uc = ups["config"]
-    uw = f", widen {uc['widen']:g}" if uc["arch"].startswith("xresnet") else ""
-    box(84, cy - 1, 36, 10, f"Up-sampler U: same family\n({uc['arch']}{uw}, x{uc['scale']}, "
-        f"{_fmt_params(ups['params'])})\ninput clamped to [0, 1]", COLORS["ups"], fs=11)
-    arrow((78, cy + 4), (84, cy + 4))
-    box(126, cy, 20, 8, r"$\hat y_{\times 4}$" + "\n3 x 4H x 4W", COLORS["io"], fs=12)
-    arrow((120, cy + 4), (126, cy + 4))
-    label(100, cy + 12.5, r"x2 = G(x)          x4 = U(G(x))   (tiled at inference; ONNX Runtime)", fs=12,
+    box(70, cy, 26, 8, r"$\hat y_{\times 4}$: 3 x 4H x 4W" + "\n" + r"$\hat y_{\times 2}$: 3 x 2H x 2W", COLORS["io"], fs=12)
+    arrow((62, cy + 4), (70, cy + 4))
+    label(128, cy + 4, "one network run per tile (ONNX Runtime),\nno network at the output size", fs=12,
           style="italic")
 
     # critic
@@ -320,7 +319,7 @@ def draw(desc: dict, path=None, dpi: int = 110):
         + (" on x - blur(x)" if critic.get("high_pass") else "") + "\n"
         f"{len(strided)} stride-2 4x4 convs ({chans} ch),\n{critic['res_blocks']} residual block{extras},\n"
         f"then a 4x4 conv -> patch logits (real / generated)", COLORS["critic"], fs=10.5)
-    arrow((68, cy), (72, cyy + 14), color=COLORS["loss"])
+    arrow((83, cy), (78, cyy + 14), color=COLORS["loss"])
     box(2, 6.5, 44, 13, "real HR target y (degradation pipeline:\nblur, resize kernel, noise, JPEG;\n"
         "same crop as x)", COLORS["io"], fs=10.5)
     arrow((46, 13), (cx, 11), color=COLORS["loss"])
@@ -329,10 +328,10 @@ def draw(desc: dict, path=None, dpi: int = 110):
     loss_name = desc.get("loss")
     gw = desc["gan_weights"]
     lx = 128.0
-    lines = [("1  generator", r"$L_{pix}(\hat y_{\times 2}, y_{\times 2})$  ->  faithful weights $\theta_{faithful}$"),
-             ("2  critic", r"BCE: $D(\hat y_{\times 2})$ -> generated, $D(y_{\times 2})$ -> real"),
+    lines = [("1  generator", r"$L_{pix}(\hat y, y)$ (EMA of weights)  ->  $\theta_{faithful}$"),
+             ("2  critic", r"BCE: $D(\hat y)$ -> generated, $D(y)$ -> real"),
              ("3  GAN", f"{gw[0]:g} x adversarial + {gw[1]:g} x " + r"$L_{pix}$  ->  $\theta_{GAN}$"),
-             ("4  up-sampler", r"$L_{pix}(\hat y_{\times 4}, y_{\times 4})$, G frozen (faithful)")]
+             ("", "each scale trains its own run of the three stages")]
     label(lx - 1, 22.0, "training stages and losses", fs=12.5, weight="bold", color=COLORS["loss"], ha="left")
     for k, (stage, text) in enumerate(lines):
         yy = 17.8 - k * 3.9
@@ -340,8 +339,7 @@ def draw(desc: dict, path=None, dpi: int = 110):
         label(lx + 17, yy, text, fs=11, ha="left")
     label(lx - 1, 17.8 - 4 * 3.9, r"$L_{pix}$ = " + loss_text(loss_name), fs=11, ha="left", style="italic")
     # where the losses attach
-    ax.text(68, cy + 9.2, "L (1, 3)", fontsize=11, color=COLORS["loss"], weight="bold", ha="center")
-    ax.text(136, cy + 9.2, "L (4)", fontsize=11, color=COLORS["loss"], weight="bold", ha="center")
+    ax.text(83, cy + 9.2, "L (1, 3)", fontsize=11, color=COLORS["loss"], weight="bold", ha="center")
     label(98, cyy + 16.2, "BCE (2), adversarial (3)", fs=11, color=COLORS["loss"], weight="bold")
 
     ax.text(1, 0.8, f"drawn by superres.arch_diagram from {desc['source']}; parameter counts from the built modules",

@@ -72,7 +72,7 @@ class Degradation:
         return asdict(self)
 
 
-@lru_cache(maxsize=2048)
+@lru_cache(maxsize=4096)
 def load_photo(path: str, max_side: int) -> Image.Image:
     """Decode once (cached): RGB, shrunk so the longer side is at most `max_side`."""
     img = Image.open(path)
@@ -130,33 +130,60 @@ class MakePair(Transform):
         return to_tensor(lr), to_tensor(hr)
 
 
+def image_files_in(folders) -> list[Path]:
+    """Images of one folder, or of several (a list, or one string with commas)."""
+    if isinstance(folders, (str, Path)):
+        folders = [f for f in str(folders).split(",") if f]
+    return [p for folder in folders for p in image_files(folder)]
+
+
+def big_enough(files, hr_size: int, max_side: int) -> list[Path]:
+    """The photos whose short side (after the `max_side` shrink) holds an `hr_size` crop; says how many not."""
+    def short_side(p):
+        with Image.open(p) as im:
+            w, h = im.size
+        return min(w, h) * min(1.0, max_side / max(w, h))
+    keep = [p for p in files if short_side(p) >= hr_size]
+    if len(keep) < len(files):
+        print(f"[superres] left out {len(files) - len(keep)} of {len(files)} photos smaller than {hr_size} px")
+    return keep
+
+
 def sr_dataloaders(train_folder, valid_folder=None, scale: int = 2, hr_size: int = 128, bs: int = 16,
                    repeats: int = 4, valid_pct: float = 0.1, valid_crops: int = 2, degradation: Degradation | None = None,
-                   max_side: int = 768, seed: int = 42, device=None):
+                   max_side: int = 768, seed: int = 42, num_workers: int = 0, device=None):
     """fastai DataLoaders of (lr, hr) float tensors in [0,1]; lr is hr_size/scale square.
 
-    `repeats` crops per training photo make one epoch. Without `valid_folder`, `valid_pct` of the training
-    photos are held out."""
+    `train_folder` may name several folders (see `image_files_in`). `repeats` crops per training photo make
+    one epoch. Without `valid_folder`, `valid_pct` of the training photos are held out. With worker
+    processes the photos are decoded once here, before the workers fork, so they share the decoded copies."""
 
     degradation = degradation or Degradation(scale=scale)
     if degradation.scale != scale:
         raise ValueError("degradation.scale must equal scale")
     if hr_size % scale:
         raise ValueError("hr_size must divide by scale")
-    train = image_files(train_folder)
+    train = image_files_in(train_folder)
     if valid_folder is None:
         shuffled = train[:]
         random.Random(seed).shuffle(shuffled)
         n_valid = max(1, round(len(train) * valid_pct))
         valid, train = sorted(shuffled[:n_valid]), sorted(shuffled[n_valid:])
     else:
-        valid = image_files(valid_folder)
+        valid = image_files_in(valid_folder)
+    # photos too small for one crop can't be targets (upscaling them would teach blur): leave them out
+    train, valid = (big_enough(files, hr_size, max_side) for files in (train, valid))
+    if not train or not valid:
+        raise ValueError(f"no training or validation photo has a short side of at least {hr_size} px")
+    if num_workers:
+        for p in train + valid:
+            load_photo(str(p), max_side)
     items = [PairItem(p) for p in train for _ in range(repeats)]
     items += [PairItem(p, seed * 100003 + i) for i, p in enumerate(p for p in valid for _ in range(valid_crops))]
     splits = (list(range(len(train) * repeats)), list(range(len(train) * repeats, len(items))))
 
     tls = TfmdLists(items, [MakePair(hr_size, degradation, max_side)], splits=splits)
-    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=0,
+    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=num_workers,
                           device=device or torch.device("cpu"))
     dls.n_inp = 1
     return dls

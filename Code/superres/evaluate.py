@@ -96,6 +96,7 @@ CREDITS = {  # file-name prefix -> credit line (../shared/data/README.md)
 BICUBIC_GAIN_CLEAN = 2.0
 BICUBIC_GAIN_JPEG = 1.5
 SET5_X4_PSNR = 30.72
+SET14_X4_PSNR = 27.6
 SPEED_MAX_SECONDS = 0.35
 SPEED_MIN_VS_LAPSRN = 8.0
 
@@ -421,14 +422,16 @@ def speed_input(data_root) -> Image.Image:
 
 
 def _speed_specs(method_names, data_root, model_dir):
+    """Every method at x4; ours (automatic tiles) and LapSRN at x2 as well."""
     specs = []
     for name in method_names:
-        spec = {"method": name, "data_root": str(data_root), "strength": None, "options": {}}
+        spec = {"method": name, "data_root": str(data_root), "strength": None, "options": {}, "scale": SPEED_SCALE}
         if name == "ours":
             specs.append({**spec, "model_dir": str(model_dir) if model_dir else None, "options": {"tile": "auto"}})
             specs.append({**spec, "model_dir": str(model_dir) if model_dir else None, "options": {"tile": 0}})
         else:
             specs.append(spec)
+    specs += [{**s, "scale": 2} for s in specs if s["method"] in ("ours", "lapsrn") and s["options"].get("tile") != 0]
     return specs
 
 
@@ -446,7 +449,7 @@ def measure_speed(method_names, data_root, model_dir, runs=5, budget_s=12.0, log
         inp = Path(tmp) / "input.png"
         speed_input(data_root).save(inp)
         for spec in _speed_specs(method_names, data_root, model_dir):
-            spec.update(input=str(inp), scale=SPEED_SCALE, runs=runs, budget_s=budget_s)
+            spec.update(input=str(inp), runs=runs, budget_s=budget_s)
             proc = subprocess.run([sys.executable, "-m", "superres.evaluate", "--speed-worker"],
                                   input=json.dumps(spec), capture_output=True, text=True, timeout=900,
                                   env=_child_env())
@@ -455,7 +458,7 @@ def measure_speed(method_names, data_root, model_dir, runs=5, budget_s=12.0, log
                 raise EvaluationError(f"timing {spec['method']} failed:\n{proc.stderr[-2000:]}")
             row = json.loads(lines[-1])
             rows.append(row)
-            log(f"  {label(row['method'], row['strength'])} {row['options'] or ''}: "
+            log(f"  {label(row['method'], row['strength'])} x{row['scale']} {row['options'] or ''}: "
                 f"{row['seconds_per_image']:.3f} s/image, {row['megapixels_per_s']:.2f} MP/s, "
                 f"peak {row['peak_rss_mb']:.0f} MB")
     return rows
@@ -534,6 +537,9 @@ def check_targets(quality, speed, default_strength=0.5) -> list[dict]:
     s5 = psnr("Set5", 4, "ours", 0.0)
     out.append(target("set5_x4_s0", f"Set5 x4, strength 0: PSNR(Y) >= {SET5_X4_PSNR} dB", s5, SET5_X4_PSNR,
                       s5 is not None and s5 >= SET5_X4_PSNR))
+    s14 = psnr("Set14", 4, "ours", 0.0)
+    out.append(target("set14_x4_s0", f"Set14 x4, strength 0: PSNR(Y) >= {SET14_X4_PSNR} dB", s14, SET14_X4_PSNR,
+                      s14 is not None and s14 >= SET14_X4_PSNR))
     r0, r1 = find(quality, "portraits512", 4, "ours", 0.0), find(quality, "portraits512", 4, "ours", 1.0)
     d0 = None if r0 is None else round(abs(r0["hf_ratio"] - 1), 4)
     d1 = None if r1 is None else round(abs(r1["hf_ratio"] - 1), 4)
@@ -542,8 +548,9 @@ def check_targets(quality, speed, default_strength=0.5) -> list[dict]:
     p1 = None if r1 is None else r1["psnr_y"]
     out.append(target("psnr_s1_above_bicubic", "portraits512 x4, strength 1: PSNR(Y) > bicubic", p1, bic,
                       p1 is not None and bic is not None and p1 > bic))
-    ours = next((r for r in speed if r["method"] == "ours" and r["options"].get("tile") == "auto"), None)
-    lap = next((r for r in speed if r["method"] == "lapsrn"), None)
+    ours = next((r for r in speed if r["method"] == "ours" and r["options"].get("tile") == "auto"
+                 and r.get("scale", 4) == 4), None)
+    lap = next((r for r in speed if r["method"] == "lapsrn" and r.get("scale", 4) == 4), None)
     t = None if ours is None else ours["seconds_per_image"]
     out.append(target("speed_x4_256", f"x4 256->1024: <= {SPEED_MAX_SECONDS} s per image", t, SPEED_MAX_SECONDS,
                       t is not None and t <= SPEED_MAX_SECONDS))
@@ -640,9 +647,9 @@ def markdown_report(report: dict) -> str:
              f"Made by `{report['command']}` on {report['created']} ({m['cpu']}, {m['cores']} cores, "
              f"load average {m['loadavg_start']} at the start).", ""]
     if card:
-        sha = card["sha256"].get(card.get("files", {}).get("generator_faithful", ""), "")
+        name, sha = next(iter(card["sha256"].items()), ("", ""))
         lines += [f"Model: `{card['name']}` created {card.get('created')} ({card['dir']}; "
-                  f"generator_faithful sha256 {sha[:12]}…), default strength {card.get('default_strength')}.", ""]
+                  f"{name} sha256 {sha[:12]}…), default strength {card.get('default_strength')}.", ""]
         if card.get("untrained"):
             lines += ["**These are random-weight (untrained) models: a pipeline check, not results.**", ""]
     lines += [f"PSNR and SSIM on Y (BT.601) with `scale` pixels shaved; HaarPSI (piq, RGB, weight-free; higher is "
@@ -665,14 +672,14 @@ def markdown_report(report: dict) -> str:
         lines.append("")
     if report.get("speed"):
         sp = report["speed"][0]
-        lines += [f"## Speed (×{sp['scale']}, {sp['input']} → {sp['output']}, median of runs after a warm-up; "
-                  "each method in its own process)", "",
-                  "| method | s / image | MP/s (output) | peak RSS MB | load s | runs |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"## Speed ({sp['input']} input, median of runs after a warm-up; each method in its own process)", "",
+                  "| method | scale | output | s / image | MP/s (output) | peak RSS MB | load s | runs |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
         for r in report["speed"]:
             opt = f", tile={r['options']['tile']}" if r["options"].get("tile") is not None else ""
-            lines.append(f"| {label(r['method'], r['strength'])}{opt} | {r['seconds_per_image']:.3f} | "
-                         f"{r['megapixels_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['load_seconds']:.2f} | {r['runs']} |")
+            lines.append(f"| {label(r['method'], r['strength'])}{opt} | ×{r.get('scale', 4)} | {r['output']} | "
+                         f"{r['seconds_per_image']:.3f} | {r['megapixels_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                         f"{r['load_seconds']:.2f} | {r['runs']} |")
         lines += ["", "Timings depend on what else runs on the machine (see the load average above).", ""]
     lines += ["Data: portraits from ../shared/data/portraits/valid (Face Research Lab London Set, CC BY 4.0; "
               "inter-faces, CC0); Set5, Set14, BSD100 as collected by SelfExSR (Huang et al., CVPR 2015); peers: "
@@ -746,7 +753,7 @@ def model_card_info(model_dir, card) -> dict | None:
         return None
     return {"dir": str(model_dir), "name": card.get("name"), "created": card.get("created"),
             "package_version": card.get("package_version"), "untrained": bool(card.get("untrained", False)),
-            "default_strength": float(card.get("default_strength", 0.5)), "files": card.get("files", {}),
+            "default_strength": float(card["default_strength"]), "networks": card.get("networks", {}),
             "sha256": card.get("sha256", {})}
 
 
@@ -825,12 +832,12 @@ def _run(args) -> int:
             card = verify_model_dir(model_dir)
         except ModelError as e:
             raise EvaluationError(f"{e} (or leave `ours` out of --methods)") from e
-        strengths = sorted(set(strengths) | {round(float(card.get("default_strength", 0.5)), 2)})
+        strengths = sorted(set(strengths) | {round(float(card["default_strength"]), 2)})
     if any(not 0 <= s <= 1 for s in strengths):
         raise EvaluationError("--strengths must lie between 0 and 1")
     tasks = [(s, sc) for s in args.sets for sc in args.scales if sc in available_scales(data_root, s)]
     if card is not None:
-        tasks = [t for t in tasks if str(t[1]) in card["chain"]]
+        tasks = [t for t in tasks if str(t[1]) in card["networks"]]
     n_methods = len(args.methods) - ("ours" in args.methods) + ("ours" in args.methods) * len(strengths)
     report = {"format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "command": command_line(args), "data_root": str(data_root), "limit": args.limit,

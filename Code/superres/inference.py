@@ -4,15 +4,15 @@
 Real-ESRGAN's `RealESRGANer`:
 
 * the model folder is checked against its card (files present, sha256 equal) before anything runs;
-* `strength` blends the faithful and GAN generators weight by weight (ESRGAN's network interpolation),
-  w = (1 - s) * faithful + s * gan, with s rounded to 0.05 and one ONNX Runtime session per value kept in
-  a small LRU cache;
+* each scale (x4, x2) has its own generator, which works at the input's size and ends in a PixelShuffle;
+* `strength` blends that scale's faithful and GAN generators weight by weight (ESRGAN's network
+  interpolation), w = (1 - s) * faithful + s * gan, with s rounded to 0.05 and one ONNX Runtime session per
+  (scale, value) kept in a small LRU cache;
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
   to the output (crop, no blending), so there are no seams and memory depends on the tile size, not on
   the image. Tile edges lie on multiples of the input multiple, so the U-Net's down-sampling grid is the
   same as for the whole image; a tile as large as the image gives whole-image inference;
-* x4 runs the model card's chain (generator, then up-sampler) per tile, clamping to [0, 1] in between;
 * alpha is resized separately (bicubic), grayscale comes back grayscale, the ICC profile is carried over.
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ from PIL import Image
 from . import DEFAULT_MODEL_DIR
 
 CARD = "model_card.json"
-REQUIRED_FILES = ("generator_faithful", "generator_gan", "upsampler")
+FORMAT = 2
 STRENGTH_STEP = 0.05
 # Largest side (in pixels) of what one network run sees when `tile` is left to us. The U-Net's
-# self-attention grows with the square of the pixel count: ~0.5 GB at 512x512 for the shipped width.
-MAX_NET_INPUT = 512
+# self-attention grows with the square of the pixel count.
+MAX_NET_INPUT = 384
 DEFAULT_TILE_PAD = 32
 
 
@@ -54,21 +54,27 @@ def read_card(model_dir) -> dict:
             "(web app) or --model-dir (enhance) at it.")
     try:
         card = json.loads(card_path.read_text())
-        files = card["files"]
-        for key in REQUIRED_FILES:
-            files[key]
-        card["chain"], card["input_multiple"]
-    except (ValueError, KeyError, TypeError) as e:
+        if card.get("format") != FORMAT:
+            raise ModelError(f"The model card {card_path} has format {card.get('format')!r}; this version of "
+                             f"superres reads format {FORMAT} (one generator per scale). Re-export the model.")
+        for entry in card["networks"].values():
+            entry["faithful"], entry["gan"]
+        card["input_multiple"]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"The model card {card_path} is not valid ({e!r}).") from e
     return card
+
+
+def model_files(card: dict) -> list[str]:
+    """Every ONNX file the card names."""
+    return [entry[k] for entry in card["networks"].values() for k in ("faithful", "gan")]
 
 
 def verify_model_dir(model_dir) -> dict:
     """Read the card and check that every file it names exists and has the sha256 the card records."""
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    for key in REQUIRED_FILES:
-        name = card["files"][key]
+    for name in model_files(card):
         path = model_dir / name
         if not path.is_file():
             raise ModelError(f"The model folder {model_dir} lacks {name}, which its card lists.")
@@ -99,28 +105,31 @@ class Enhancer:
         self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         self.card = verify_model_dir(self.model_dir) if verify else read_card(self.model_dir)
         self.multiple = int(self.card["input_multiple"])
-        self.scales = sorted(int(s) for s in self.card["chain"])
-        self.default_strength = float(self.card.get("default_strength", 0.5))
+        self.scales = sorted(int(s) for s in self.card["networks"])
+        self.default_strength = float(self.card["default_strength"])
         self.threads = int(threads)
-        self._paths = {k: self.model_dir / self.card["files"][k] for k in REQUIRED_FILES}
-        try:
-            self._faithful = _initializers(self._paths["generator_faithful"])
-            gan = _initializers(self._paths["generator_gan"])
-        except Exception as e:
-            raise ModelError(f"Could not read the ONNX files in {self.model_dir} ({e}).") from e
-        if self._faithful.keys() != gan.keys():
-            raise ModelError("generator_faithful and generator_gan have different initializers, "
-                             "so they cannot be blended; re-export both from the same architecture.")
-        # keep only the difference (gan - faithful) of tensors that differ: the blend is f + s * d
-        self._delta = {k: (gan[k].astype(np.float32) - v.astype(np.float32))
-                       for k, v in self._faithful.items()
-                       if np.issubdtype(v.dtype, np.floating) and not np.array_equal(v, gan[k])}
-        del gan
+        self._faithful_path, self._faithful, self._delta = {}, {}, {}
+        for scale in self.scales:
+            entry = self.card["networks"][str(scale)]
+            paths = {k: self.model_dir / entry[k] for k in ("faithful", "gan")}
+            try:
+                faithful, gan = _initializers(paths["faithful"]), _initializers(paths["gan"])
+            except Exception as e:
+                raise ModelError(f"Could not read the ONNX files in {self.model_dir} ({e}).") from e
+            if faithful.keys() != gan.keys():
+                raise ModelError(f"{entry['faithful']} and {entry['gan']} have different initializers, so they "
+                                 "cannot be blended; re-export both from the same architecture.")
+            # keep only the difference (gan - faithful) of tensors that differ: the blend is f + s * d
+            self._faithful_path[scale], self._faithful[scale] = paths, faithful
+            self._delta[scale] = {k: (gan[k].astype(np.float32) - v.astype(np.float32))
+                                  for k, v in faithful.items()
+                                  if np.issubdtype(v.dtype, np.floating) and not np.array_equal(v, gan[k])}
+            del gan
         self._cache_size = max(1, int(cache_size))
-        self._sessions: OrderedDict[float, tuple] = OrderedDict()
+        self._sessions: OrderedDict[tuple, ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
-        self._upsampler = self._session(self._paths["upsampler"])
-        self.generator(self.default_strength)   # fail now, not on the first request
+        for scale in self.scales:   # fail now, not on the first request
+            self.generator(scale, self.default_strength)
 
     # ---- sessions ------------------------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
@@ -144,54 +153,59 @@ class Enhancer:
     def round_strength(strength: float) -> float:
         return round(round(float(strength) / STRENGTH_STEP) * STRENGTH_STEP, 2)
 
-    def generator(self, strength: float) -> ort.InferenceSession:
-        """The generator for `strength` (rounded to 0.05), from the LRU cache or built now."""
-        s = self.round_strength(strength)
+    def generator(self, scale: int, strength: float) -> ort.InferenceSession:
+        """The x`scale` generator for `strength` (rounded to 0.05), from the LRU cache or built now."""
+        key = (int(scale), self.round_strength(strength))
         with self._lock:
-            if s in self._sessions:
-                self._sessions.move_to_end(s)
-                return self._sessions[s][0]
+            if key in self._sessions:
+                self._sessions.move_to_end(key)
+                return self._sessions[key]
+        scale, s = key
         if s == 0.0:
-            entry = (self._session(self._paths["generator_faithful"]),)
+            sess = self._session(self._faithful_path[scale]["faithful"])
         elif s == 1.0:
-            entry = (self._session(self._paths["generator_gan"]),)
+            sess = self._session(self._faithful_path[scale]["gan"])
         else:
-            entry = (self._blended_session(s),)
+            sess = self._blended_session(scale, s)
         with self._lock:
-            self._sessions[s] = entry
-            self._sessions.move_to_end(s)
+            self._sessions[key] = sess
+            self._sessions.move_to_end(key)
             while len(self._sessions) > self._cache_size:
                 self._sessions.popitem(last=False)
-        return entry[0]
+        return sess
 
-    def _blended_session(self, s: float) -> ort.InferenceSession:
+    def _blended_session(self, scale: int, s: float) -> ort.InferenceSession:
         """A session for faithful + s * (gan - faithful), built from a rewritten copy of the faithful model.
 
         (ORT's SessionOptions.add_initializer looked like the cheaper way, but measured against torch it left
         most of the blend out: at s = 0.5 the output moved 0.04 grey levels instead of 1.7.)"""
         import onnx
         from onnx import numpy_helper
-        model = onnx.load(str(self._paths["generator_faithful"]))
+        model = onnx.load(str(self._faithful_path[scale]["faithful"]))
+        faithful, delta = self._faithful[scale], self._delta[scale]
         for t in model.graph.initializer:
-            d = self._delta.get(t.name)
+            d = delta.get(t.name)
             if d is not None:
-                w = (self._faithful[t.name] + np.float32(s) * d).astype(self._faithful[t.name].dtype)
+                # the blend stays float32, also where the file stores float16 (its Cast to float32 then
+                # changes nothing), so the blend adds no rounding of its own
+                w = faithful[t.name].astype(np.float32) + np.float32(s) * d
+                if not np.issubdtype(faithful[t.name].dtype, np.floating):
+                    w = w.astype(faithful[t.name].dtype)
                 t.CopyFrom(numpy_helper.from_array(w, t.name))
         try:
             return ort.InferenceSession(model.SerializeToString(), self._options(),
                                         providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise ModelError(f"ONNX Runtime could not build the strength-{s} generator ({e}).") from e
+            raise ModelError(f"ONNX Runtime could not build the x{scale} strength-{s} generator ({e}).") from e
 
     # ---- inference -----------------------------------------------------------------------------------
     def auto_tile(self, scale: int, tile_pad: int = DEFAULT_TILE_PAD) -> int:
-        """The largest tile whose biggest network run stays within MAX_NET_INPUT pixels a side."""
-        largest_stage = max(1, scale // 2)   # x4: the up-sampler sees twice the tile
-        t = MAX_NET_INPUT // largest_stage - 2 * tile_pad
+        """The largest tile whose network run (tile + context) stays within MAX_NET_INPUT pixels a side."""
+        t = MAX_NET_INPUT - 2 * tile_pad
         return max(self.multiple, t // self.multiple * self.multiple)
 
     def _check(self, scale: int, strength) -> float:
-        if int(scale) not in self.scales or str(int(scale)) not in self.card["chain"]:
+        if int(scale) not in self.scales:
             raise ValueError(f"scale must be one of {self.scales}, got {scale!r}")
         strength = self.default_strength if strength is None else float(strength)
         if not 0.0 <= strength <= 1.0:
@@ -219,8 +233,7 @@ class Enhancer:
         if tile is None:
             tile = self.auto_tile(scale, pad)
         tile = max(hp, wp) if tile <= 0 else -(-int(tile) // m) * m
-        stages = [self.generator(strength) if name == "generator" else self._upsampler
-                  for name in self.card["chain"][str(int(scale))]]
+        net = self.generator(scale, strength)
 
         out = np.empty((h * scale, w * scale, 3), np.uint8)
         ys, xs = range(0, h, tile), range(0, w, tile)
@@ -230,10 +243,7 @@ class Enhancer:
                 wy0, wy1 = max(y0 - pad, 0), min(y0 + tile + pad, hp)
                 wx0, wx1 = max(x0 - pad, 0), min(x0 + tile + pad, wp)
                 x = rgb[wy0:wy1, wx0:wx1].transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
-                for i, sess in enumerate(stages):
-                    x = sess.run(None, {"input": x})[0]
-                    if i < len(stages) - 1:
-                        np.clip(x, 0.0, 1.0, out=x)
+                x = net.run(None, {"input": x})[0]
                 cy1, cx1 = min(y0 + tile, h), min(x0 + tile, w)
                 core = x[0, :, (y0 - wy0) * scale:(cy1 - wy0) * scale, (x0 - wx0) * scale:(cx1 - wx0) * scale]
                 core = core * np.float32(255) + np.float32(0.5)

@@ -1,22 +1,21 @@
-"""The three networks: the U-Net generator, the critic and the up-sampler.
+"""The networks: the generator (one per scale) and the critic.
 
 The generator is fastai's `DynamicUnet` on a ResNet encoder, as in fastai's superres-gan lesson
-(`blur`, `self_attention`, weight norm), but it runs on the *low-resolution* input and doubles the
-size at the end with an ICNR-initialised PixelShuffle head. The lesson upsampled with bicubic first and
-ran the U-Net at the output size, which costs ~16x more on a CPU.
-
-The up-sampler is the same family (a narrower encoder), applied to the generator's output:
-    x2 = generator(x)          x4 = upsampler(generator(x))
+(`blur`, `self_attention`, weight norm), but all of it runs at the *low-resolution* input's size:
+a trunk of ResBlocks at that size adds the fine detail, and an ICNR-initialised PixelShuffle head makes
+the x4 (or x2) output. The lesson upsampled with bicubic first and ran the U-Net at the output size,
+which costs ~16x more; our first version ran a second U-Net at twice the input size for x4 (1.0 of its
+1.3 s). The head is the fastai up-sampler step of both: a conv to 3*s*s channels and a PixelShuffle.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from fastai.vision.all import (DynamicUnet, NormType, PixelShuffle_ICNR, ConvLayer, create_body,
-                               imagenet_stats, resnet18, resnet34, xresnet18, xresnet34)
+from fastai.layers import ResBlock, icnr_init
+from fastai.vision.all import (DynamicUnet, NormType, ConvLayer, create_body, imagenet_stats, resnet18, resnet34,
+                               xresnet18, xresnet34)
 from fastai.vision.gan import gan_critic
 from torch import nn
 
@@ -26,14 +25,15 @@ SIZE_MULTIPLE = 32
 
 @dataclass
 class UnetConfig:
-    """Everything needed to rebuild a network; stored in checkpoints and model cards."""
+    """Everything needed to rebuild a generator; stored in checkpoints and model cards."""
     arch: str = "xresnet18"      # xresnet18 | xresnet34 (fastai, any width) | resnet18 | resnet34 (torchvision)
     widen: float = 0.25          # xresnet width multiplier (1.0 = the standard network)
-    head_nf: int = 16            # channels entering the PixelShuffle head
+    nf: int = 48                 # channels of the low-resolution features (U-Net output, trunk, head input)
+    trunk_blocks: int = 4        # ResBlocks at full low resolution after the U-Net (2 convs each)
     self_attention: bool = True
     blur: bool = True
-    last_cross: bool = False     # fastai's full-resolution ResBlock: ~3x slower on a CPU; the bicubic residual replaces it
-    scale: int = 2               # every network here doubles; x4 is two of them in a chain
+    last_cross: bool = False     # fastai's full-resolution ResBlock on [U-Net output, input]; the trunk replaces it
+    scale: int = 4               # x4 (or x2): the only work at the output size is the PixelShuffle head
 
     def to_dict(self):
         return asdict(self)
@@ -63,11 +63,49 @@ def _download(arch, **kwargs):
             "(e.g. Colab or Kaggle); on an offline machine train with pretrained=False.") from e
 
 
-class Generator(nn.Module):
-    """x (N,3,H,W) in [0,1] -> (N,3,2H,2W): bicubic upsampling plus a learned residual.
+def cubic_weights(t: float, a: float = -0.75) -> list[float]:
+    """Keys' cubic convolution weights of the 4 taps at distances 1+t, t, 1-t, 2-t (PyTorch's a = -0.75)."""
+    def w(d):
+        d = abs(d)
+        return ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return [w(1 + t), w(t), w(1 - t), w(2 - t)]
 
-    The residual form lets a freshly initialised network start at bicubic quality instead of at noise.
-    H and W must divide by SIZE_MULTIPLE.
+
+class BicubicPhases(nn.Module):
+    """Bicubic x`scale` enlargement before its PixelShuffle: (N,3,H,W) -> (N,3*s*s,H,W), one channel per output
+    phase, so that PixelShuffle(s) of it equals F.interpolate(x, scale_factor=s, mode="bicubic",
+    align_corners=False) (borders replicated, as PyTorch does).
+
+    Why: ONNX Runtime's cubic Resize took 63 % of the x4 generator's CPU time; this fixed 5x5 grouped conv
+    does the same arithmetic in a few milliseconds. Its kernel is a constant, not a parameter."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = scale
+        taps = torch.zeros(scale, 5)          # per phase p: weights on input offsets -2..2
+        for p in range(scale):
+            src = (p + 0.5) / scale - 0.5     # source position of phase p, relative to its input pixel
+            first = int(torch.floor(torch.tensor(src))) - 1
+            for i, w in enumerate(cubic_weights(src - (first + 1))):
+                taps[p, first + i + 2] = w
+        kernel = torch.einsum("yi,xj->yxij", taps, taps).reshape(scale * scale, 1, 5, 5)
+        self.register_buffer("kernel", kernel.repeat(3, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), self.kernel.to(x.dtype), groups=3)
+
+
+class Generator(nn.Module):
+    """x (N,3,H,W) in [0,1] -> (N,3,sH,sW): bicubic upsampling plus a learned residual, all work at size H x W.
+
+        context  = DynamicUnet(x)                 fastai U-Net on a ResNet encoder: large receptive field, cheap
+        features = trunk(stem(x) + context)       ResBlocks at the full low resolution: the fine detail
+        output   = bicubic(x) + head(features)    one conv to 3*s*s channels + PixelShuffle (ICNR init)
+
+    (The bicubic enlargement is added before the shuffle, as `BicubicPhases`: the same numbers, cheaper.)
+
+    The residual form lets a freshly initialised network start near bicubic quality instead of at noise.
+    H and W must divide by SIZE_MULTIPLE (the U-Net's total stride).
     """
 
     def __init__(self, cfg: UnetConfig = UnetConfig(), pretrained: bool = False):
@@ -76,18 +114,24 @@ class Generator(nn.Module):
         mean, std = imagenet_stats
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-        self.unet = DynamicUnet(make_encoder(cfg, pretrained), n_out=cfg.head_nf, img_size=(64, 64),
+        self.unet = DynamicUnet(make_encoder(cfg, pretrained), n_out=cfg.nf, img_size=(64, 64),
                                 blur=cfg.blur, self_attention=cfg.self_attention, last_cross=cfg.last_cross,
                                 norm_type=NormType.Weight)
-        self.head = nn.Sequential(
-            PixelShuffle_ICNR(cfg.head_nf, cfg.head_nf, scale=cfg.scale, blur=cfg.blur, norm_type=NormType.Weight),
-            ConvLayer(cfg.head_nf, 3, ks=3, act_cls=None, norm_type=None))
-        nn.init.zeros_(self.head[-1][0].weight)  # start exactly at bicubic
-        nn.init.zeros_(self.head[-1][0].bias)
+        self.stem = ConvLayer(3, cfg.nf, ks=3, act_cls=None, norm_type=None)
+        self.trunk = nn.Sequential(*[ResBlock(1, cfg.nf, cfg.nf, norm_type=NormType.Weight)
+                                     for _ in range(cfg.trunk_blocks)])
+        self.head = nn.Sequential(ConvLayer(cfg.nf, 3 * cfg.scale ** 2, ks=3, act_cls=None, norm_type=None),
+                                  nn.PixelShuffle(cfg.scale))
+        self.bicubic = BicubicPhases(cfg.scale)
+        # ICNR: every output pixel of a PixelShuffle cell starts with the same weights, so no grid at the start
+        conv = self.head[0][0]
+        conv.weight.data.copy_(icnr_init(torch.empty_like(conv.weight), scale=cfg.scale) * 0.1)
+        nn.init.zeros_(conv.bias)
 
     def forward(self, x):
-        base = F.interpolate(x, scale_factor=self.cfg.scale, mode="bicubic", align_corners=False)
-        return base + self.head(self.unet((x - self.mean) / self.std))
+        feats = self.stem(x) + self.unet((x - self.mean) / self.std)
+        conv, shuffle = self.head
+        return shuffle(conv(self.trunk(feats)) + self.bicubic(x))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE):
@@ -108,24 +152,8 @@ def upscale(model: Generator, x: torch.Tensor) -> torch.Tensor:
     return model(xp)[..., : h * s, : w * s]
 
 
-class Chain(nn.Module):
-    """x4 = upsampler(generator(x)); used to train the up-sampler behind a frozen generator."""
-
-    def __init__(self, generator: Generator, upsampler: Generator):
-        super().__init__()
-        self.generator, self.upsampler = generator, upsampler
-        for p in self.generator.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, x):
-        self.generator.eval()
-        with torch.no_grad():
-            y2 = self.generator(x).clamp(0, 1)
-        return self.upsampler(y2)
-
-
 class HighPass(nn.Module):
-    """x - blur(x), amplified: the detail a x2 network adds or misses.
+    """x - blur(x), amplified: the detail a super-resolution network adds or misses.
 
     Why: on clean portraits a x2 output and the real photo differ by one or two grey levels. Fed raw images,
     fastai's critic stayed at chance (BCE = ln 2 after 228 steps, even between bicubic and real); fed this

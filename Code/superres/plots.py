@@ -20,7 +20,7 @@ def to_image(t: torch.Tensor):
 
 
 def enhance_tensor(x: torch.Tensor, *networks: Generator) -> torch.Tensor:
-    """Run the networks in turn (x4 = upsampler(generator(x))) on a batch of any size, clamping to [0,1]."""
+    """Run the networks in turn on a batch of any size, clamping to [0,1] (one network for a plain x4 or x2)."""
     for net in networks:
         x = upscale(net.eval(), x.to(next(net.parameters()).device)).float().clamp(0, 1)
     return x
@@ -73,21 +73,19 @@ def blend(faithful: Generator, gan: Generator, strength: float) -> Generator:
     return model.to(next(faithful.parameters()).device).eval()
 
 
-def show_strengths(batch, faithful: Generator, gan: Generator, strengths=(0.0, 0.5, 1.0), n: int = 2,
-                   upsampler: Generator | None = None):
-    """Rows of low quality | output at each strength | target (x4 through `upsampler` if given)."""
+def show_strengths(batch, faithful: Generator, gan: Generator, strengths=(0.0, 0.5, 1.0), n: int = 2):
+    """Rows of low quality | output at each strength | target."""
     lr, hr = batch
     n = min(n, len(lr))
     lr, hr = lr[:n].float().cpu(), hr[:n].float().cpu()
     columns = {"low quality": lr}
     for s in strengths:
-        nets = (blend(faithful, gan, s),) + ((upsampler,) if upsampler is not None else ())
-        columns[f"strength {s:g}"] = enhance_tensor(lr, *nets).cpu()
+        columns[f"strength {s:g}"] = enhance_tensor(lr, blend(faithful, gan, s)).cpu()
     columns["target"] = hr
     return _grid(columns, n)
 
 
-def plot_history(run_dir, stages=("generator", "critic", "gan", "upsampler")):
+def plot_history(run_dir, stages=("generator", "critic", "gan")):
     """Training and validation loss per epoch of each stage, from the run's CSV logs."""
     import pandas as pd
     logs = {s: Path(run_dir) / "logs" / f"{s}.csv" for s in stages}

@@ -8,7 +8,7 @@ Every number and figure in the documents comes from these inputs; whatever is mi
     Code/results/evaluation.json, Code/results/samples/*.png   (python -m superres evaluate)
     Code/superres/default_model/model_card.json                 (python -m superres export)
     runs/<run>/record.json, runs/<run>/logs/*.csv               (python -m superres train)
-The run is the one whose record.json has the model card's stages (the run the shipped models come from).
+The run is the one whose record.json has the model card's x4 stages (the run the shipped x4 model comes from).
 Runs are not in git (runs/ is ignored), so a copy is kept in Report/generated/run/ and used where no
 matching run exists: a fresh clone rebuilds the same curves.
 
@@ -36,7 +36,8 @@ DEFAULT_EVALUATION = REPO / "Code" / "results" / "evaluation.json"
 ARCH_PNG = REPO / "arch_srgan.png"
 DOCS = {"report": "Report/report.tex", "initial": "Presentations/Initial/initial.tex",
         "final": "Presentations/Final/final.tex"}     # relative to the repository root
-STAGES = ("generator", "critic", "gan", "upsampler")
+STAGES = ("generator", "critic", "gan")
+MAIN_SCALE = "x4"   # the run the report describes in detail (the x2 run is summarised beside it)
 NOT_MEASURED = r"\notmeasured{}"
 
 METHOD_ORDER = ("bicubic", "lanczos", "fsrcnn", "espcn", "lapsrn", "ours")
@@ -168,8 +169,10 @@ def quality_caption(report: dict, set_name: str, scale: int) -> str:
 
 
 def speed_key(r: dict) -> str:
+    """x4 rows keep their old keys (method, tile); other scales add theirs."""
     tile = (r.get("options") or {}).get("tile")
-    return r["method"] + ("" if tile is None else f"-tile{tile}")
+    scale = r.get("scale", 4)
+    return r["method"] + ("" if tile is None else f"-tile{tile}") + ("" if scale == 4 else f"-x{scale}")
 
 
 def speed_label(r: dict) -> str:
@@ -179,10 +182,11 @@ def speed_label(r: dict) -> str:
 
 
 def speed_tabular(report: dict) -> str:
-    out = [header("Code/results/evaluation.json"), "\\begin{tabular}{lrrrr}", "\\toprule",
-           "Method & s / image & MP/s (output) & peak RSS (MB) & load (s) \\\\", "\\midrule"]
+    out = [header("Code/results/evaluation.json"), "\\begin{tabular}{lrrrrr}", "\\toprule",
+           "Method & scale & s / image & MP/s (output) & peak RSS (MB) & load (s) \\\\", "\\midrule"]
     for r in report.get("speed", []):
-        out.append(f"{speed_label(r)} & {num(r.get('seconds_per_image'), 3)} & {num(r.get('megapixels_per_s'), 2)} & "
+        out.append(f"{speed_label(r)} & $\\times{r.get('scale', 4)}$ & {num(r.get('seconds_per_image'), 3)} & "
+                   f"{num(r.get('megapixels_per_s'), 2)} & "
                    f"{num(r.get('peak_rss_mb'), 0)} & {num(r.get('load_seconds'), 2)} \\\\")
     out += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(out)
@@ -311,16 +315,20 @@ LOSS_NAMES = {"weightfree": "the weight-free loss (L1 + SSIM + gradient L1)",
 
 
 def recorded_degradations(card: dict | None, record: dict | None) -> dict[str, dict]:
-    """{"x2": fields, "x4": fields} as the model card (or else the training record) recorded them; older cards
-    hold one flat dict (x2). Only recorded fields: nothing is filled in from today's code."""
-    deg = None
+    """{"x4": fields, "x2": fields} as the model card (or else the training record) recorded them.
+    Only recorded fields: nothing is filled in from today's code."""
+    out = {}
     if card and not card.get("untrained"):
-        deg = (card.get("data") or {}).get("degradation")
-    if not deg and record:
-        deg = record.get("degradation")
-    if not deg:
-        return {}
-    return {k: v for k, v in deg.items() if isinstance(v, dict)} if "x2" in deg else {"x2": deg}
+        for scale, data in (card.get("data") or {}).items():
+            out.update((data or {}).get("degradation") or {})
+    if not out and record:
+        out = dict(record.get("degradation") or {})
+    return {k: v for k, v in out.items() if isinstance(v, dict)}
+
+
+def card_scale(card: dict, key: str, scale: str = MAIN_SCALE) -> dict:
+    """One scale's entry of a per-scale section of the model card (losses, stages, training, data)."""
+    return (card.get(key) or {}).get(scale) or {}
 
 
 def model_files(card: dict | None, record: dict | None, counts: dict | None) -> dict[str, str]:
@@ -331,33 +339,21 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
     if card and not card.get("untrained"):
         lines.append("\\modelavailabletrue")
         lines.append(f"\\renewcommand{{\\ModelCreated}}{{{tex(card.get('created', '?'))}}}")
-        lines.append(f"\\renewcommand{{\\ModelLoss}}{{{LOSS_NAMES.get((card.get('losses') or {}).get('generator'), tex((card.get('losses') or {}).get('generator')))}}}")
+        loss = card_scale(card, "losses").get("generator")
+        lines.append(f"\\renewcommand{{\\ModelLoss}}{{{LOSS_NAMES.get(loss, tex(loss))}}}")
         lines.append(f"\\renewcommand{{\\ModelDefaultStrength}}{{{card.get('default_strength')}}}")
-        tr = card.get("training", {})
+        tr = card_scale(card, "training")
         lines.append(f"\\renewcommand{{\\ModelDevice}}{{{tex(tr.get('device', '?'))}{', bf16' if tr.get('bf16') else ''}}}")
-        stages = card.get("stages", {})
-        rows = []
-        for name in STAGES:
-            st = stages.get(name)
-            if not st:
-                rows.append(f"{name} & \\multicolumn{{6}}{{l}}{{{NOT_MEASURED}}} \\\\")
-                continue
-            v = st.get("valid", {})
-            acc = v.get("accuracy_thresh_expand")
-            quality = (f"{num(v.get('psnr_y'), 2)} & {num(v.get('ssim_y'), 4)}" if "psnr_y" in v else
-                       f"\\multicolumn{{2}}{{c}}{{accuracy {num(acc, 3)}}}" if acc is not None else "-- & --")
-            rows.append(f"{name} & {st.get('epochs', '?')} & {st.get('steps', '?')} & {num(st.get('s_per_step'), 2)} & "
-                        f"{num(st.get('wall_s', 0) / 60 if st.get('wall_s') is not None else None, 1)} & {quality} \\\\")
-            for k, d in (("psnr_y", 2), ("ssim_y", 4), ("valid_loss", 4)):
-                if v.get(k) is not None:
-                    lines.append(define("stage", f"{name}@{k}", f"{v[k]:.{d}f}"))
-            if st.get("wall_s") is not None:
-                lines.append(define("stage", f"{name}@minutes", f"{st['wall_s'] / 60:.0f}"))
-        total = sum(s.get("wall_s", 0) for s in stages.values())
+        rows, total = [], 0.0
+        for scale, stages in sorted((card.get("stages") or {}).items(), key=lambda kv: kv[0] != MAIN_SCALE):
+            total += sum(s.get("wall_s", 0) for s in stages.values())
+            for name in STAGES:
+                rows.append(stage_row(scale, name, stages.get(name), lines if scale == MAIN_SCALE else []))
         lines.append(define("stage", "total@hours", f"{total / 3600:.1f}"))
+        lines.append(define("stage", "total@minutes", f"{total / 60:.0f}"))
         files["model_stages.tex"] = "\n".join([
-            header(src), "\\begin{tabular}{lrrrrrr}", "\\toprule",
-            "Stage & epochs & steps & s/step & wall (min) & PSNR(Y) & SSIM(Y) \\\\", "\\midrule", *rows,
+            header(src), "\\begin{tabular}{llrrrrrr}", "\\toprule",
+            "Scale & stage & epochs & steps & s/step & wall (min) & PSNR(Y) & SSIM(Y) \\\\", "\\midrule", *rows,
             "\\bottomrule", "\\end{tabular}", ""])
     else:
         if card and card.get("untrained"):
@@ -365,7 +361,7 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
     for scale, d in recorded_degradations(card, record).items():
         for k, v in d.items():
             val = ", ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
-            lines.append(define("deg" if scale == "x2" else "deg" + scale, k, tex(val)))
+            lines.append(define("deg" if scale == MAIN_SCALE else "deg" + scale, k, tex(val)))
     cfg = (record or {}).get("config") or TrainConfig(data="").to_dict()
     lines.append(f"\\renewcommand{{\\TrainConfigSource}}{{{'the training record' if record else 'the defaults of superres.train.TrainConfig (no training record yet)'}}}")
     for k, v in cfg.items():
@@ -380,12 +376,29 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
     return files
 
 
+def stage_row(scale: str, name: str, st: dict | None, lines: list) -> str:
+    """One row of the stages table; the main scale's scores also become \\stageq macros (in `lines`)."""
+    if not st:
+        return f"{scale} & {name} & \\multicolumn{{6}}{{l}}{{{NOT_MEASURED}}} \\\\"
+    v = st.get("valid", {})
+    acc = v.get("accuracy_thresh_expand")
+    quality = (f"{num(v.get('psnr_y'), 2)} & {num(v.get('ssim_y'), 4)}" if "psnr_y" in v else
+               f"\\multicolumn{{2}}{{c}}{{accuracy {num(acc, 3)}}}" if acc is not None else "-- & --")
+    for k, d in (("psnr_y", 2), ("ssim_y", 4), ("valid_loss", 4)):
+        if v.get(k) is not None:
+            lines.append(define("stage", f"{name}@{k}", f"{v[k]:.{d}f}"))
+    if st.get("wall_s") is not None:
+        lines.append(define("stage", f"{name}@minutes", f"{st['wall_s'] / 60:.1f}"))
+    return (f"{scale} & {name} & {st.get('epochs', '?')} & {st.get('steps', '?')} & {num(st.get('s_per_step'), 3)} & "
+            f"{num(st.get('wall_s', 0) / 60 if st.get('wall_s') is not None else None, 1)} & {quality} \\\\")
+
+
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}\\,M" if n >= 1e6 else f"{n / 1e3:.1f}\\,k"
 
 
 def arch_files(desc: dict) -> dict[str, str]:
-    gen, ups, critic = desc["generator"], desc["upsampler"], desc["critic"]
+    gen, gen2, critic = desc["generator"], desc["generator_x2"], desc["critic"]
     cfg = gen["config"]
     src = "the networks built by superres.models (" + desc["source"] + ")"
     rows = []
@@ -397,21 +410,23 @@ def arch_files(desc: dict) -> dict[str, str]:
         rows.append(f"decoder & UnetBlock (PixelShuffle ICNR{sa}) & {b['channels']} & {b['res']} & {_fmt_params(b['params'])} \\\\")
     fin = gen["final"]
     rows.append(f"decoder & {'PixelShuffle ICNR, ' if fin['pixel_shuffle'] else ''}$1{{\\times}}1$ conv & {fin['channels']} & {fin['res']} & {_fmt_params(fin['params'])} \\\\")
-    hd = gen["head"]
-    rows.append(f"head & PixelShuffle ICNR $\\times{hd['scale']}$, conv $3{{\\times}}3$ & 3 & {hd['scale']}H & {_fmt_params(hd['params'])} \\\\")
+    tr, hd = gen["trunk"], gen["head"]
+    rows.append(f"stem & conv $3{{\\times}}3$ of the input & {tr['channels']} & H & {_fmt_params(gen['stem_params'])} \\\\")
+    rows.append(f"trunk & {tr['blocks']} ResBlocks & {tr['channels']} & H & {_fmt_params(tr['params'])} \\\\")
+    rows.append(f"head & conv $3{{\\times}}3$ + PixelShuffle $\\times{hd['scale']}$ (ICNR) & 3 & {hd['scale']}H & {_fmt_params(hd['params'])} \\\\")
     table = [header(src), "\\begin{tabular}{lllrr}", "\\toprule", "Part & Layers & channels & resolution & parameters \\\\",
-             "\\midrule", *rows, "\\midrule", f"\\multicolumn{{4}}{{l}}{{generator total}} & {_fmt_params(gen['params'])} \\\\",
-             f"\\multicolumn{{4}}{{l}}{{up-sampler total}} & {_fmt_params(ups['params'])} \\\\",
+             "\\midrule", *rows, "\\midrule", f"\\multicolumn{{4}}{{l}}{{$\\times{cfg['scale']}$ generator total}} & {_fmt_params(gen['params'])} \\\\",
+             f"\\multicolumn{{4}}{{l}}{{$\\times2$ generator total (same design)}} & {_fmt_params(gen2['params'])} \\\\",
              f"\\multicolumn{{4}}{{l}}{{critic total}} & {_fmt_params(critic['params'])} \\\\",
              "\\bottomrule", "\\end{tabular}", ""]
     strided = [c for c in critic["convs"] if c["stride"] == 2]
     macros = [header(src),
               f"\\renewcommand{{\\ArchEncoder}}{{{tex(cfg['arch'])}}}",
               f"\\renewcommand{{\\ArchWiden}}{{{cfg['widen']:g}}}",
-              f"\\renewcommand{{\\ArchHeadNf}}{{{cfg['head_nf']}}}",
+              f"\\renewcommand{{\\ArchNf}}{{{cfg['nf']}}}",
+              f"\\renewcommand{{\\ArchTrunkBlocks}}{{{cfg['trunk_blocks']}}}",
               f"\\renewcommand{{\\ArchGenParams}}{{{_fmt_params(gen['params'])}}}",
-              f"\\renewcommand{{\\ArchUpsParams}}{{{_fmt_params(ups['params'])}}}",
-              f"\\renewcommand{{\\ArchUpsEncoder}}{{{tex(ups['config']['arch'])}, widen {ups['config']['widen']:g}}}",
+              f"\\renewcommand{{\\ArchXtwoParams}}{{{_fmt_params(gen2['params'])}}}",
               f"\\renewcommand{{\\ArchCriticParams}}{{{_fmt_params(critic['params'])}}}",
               f"\\renewcommand{{\\ArchCriticNf}}{{{critic['nf']}}}",
               f"\\renewcommand{{\\ArchCriticStrided}}{{{len(strided)}}}",
@@ -541,7 +556,7 @@ def strength_figure(report: dict | None, path: Path) -> bool:
 
 
 def degradation_figure(card: dict | None, record: dict | None, path: Path) -> str:
-    """Random draws of the x2 training degradation on matplotlib's Grace Hopper photo; returns where the
+    """Random draws of the main scale's training degradation on matplotlib's Grace Hopper photo; returns where the
     parameters came from."""
     import dataclasses
     import matplotlib.cbook as cbook
@@ -549,16 +564,16 @@ def degradation_figure(card: dict | None, record: dict | None, path: Path) -> st
     from .data import Degradation
     from .plots import show_degradations
     plt = _plt()
-    rec = recorded_degradations(card, record).get("x2")
+    rec = recorded_degradations(card, record).get(MAIN_SCALE)
     names = {f.name for f in dataclasses.fields(Degradation)}
     if rec:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.items() if k in names}
         if "clean_prob" in names and "clean_prob" not in rec:
             fields["clean_prob"] = 0.0          # recorded before clean inputs existed: there were none
-        deg, source = Degradation(**fields), "as recorded for the x2 stages"
+        deg, source = Degradation(**fields), f"as recorded for the {MAIN_SCALE} model"
     else:
-        from .train import DEGRADATIONS
-        deg, source = DEGRADATIONS[2], "as configured in superres.train (no recorded degradation yet)"
+        from .train import TrainConfig, degradation
+        deg, source = degradation(TrainConfig(data="")), "as configured in superres.train (no recorded degradation yet)"
     photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     fig = show_degradations(photo, deg, n=5, hr_size=192, seed=1)
     fig.savefig(path, dpi=110)
@@ -601,12 +616,18 @@ def snapshot_run(run_dir: Path, snap: Path, log=print) -> tuple[dict | None, dic
         counts = {}
         from .data import image_files
         for key in ("data", "valid"):
-            if cfg.get(key):
-                folder = (REPO / cfg[key]) if not Path(cfg[key]).is_absolute() else Path(cfg[key])
+            n = 0
+            for folder in (cfg.get(key) or "").split(","):
+                folder = Path(folder) if Path(folder).is_absolute() else REPO / folder
+                if not folder.is_dir():   # trained elsewhere (a lent GPU): the same folder of ../shared/data
+                    folder = REPO.parent / "shared" / "data" / Path(*folder.parts[-2:])
                 try:
-                    counts[{"data": "train", "valid": "valid"}[key]] = len(image_files(folder))
-                except FileNotFoundError:
-                    pass
+                    n += len(image_files(folder))
+                except (FileNotFoundError, TypeError):
+                    n = 0
+                    break
+            if n:
+                counts[{"data": "train", "valid": "valid"}[key]] = n
         if counts:
             (snap / "data_counts.json").write_text(json.dumps(counts) + "\n")
         log(f"report: training record and logs of {run_dir} copied to {snap.relative_to(REPO) if snap.is_relative_to(REPO) else snap}")
@@ -629,8 +650,9 @@ def write_files(files: dict[str, str], out: Path, prefix: str | None = None) -> 
 
 
 def find_run(card: dict | None, runs=REPO / "runs") -> Path | None:
-    """The training run the model card was exported from: the runs/*/ whose record.json has the card's stages."""
-    stages = (card or {}).get("stages")
+    """The training run the model card's main scale was exported from: the runs/*/ whose record.json has the
+    card's stages."""
+    stages = ((card or {}).get("stages") or {}).get(MAIN_SCALE)
     if not stages or not Path(runs).is_dir():
         return None
     for rec in sorted(Path(runs).glob("*/record.json")):
@@ -660,7 +682,7 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
         if run_dir is None:
             log("report: no run under runs/ matches the model card's stages; using Report/generated/run/ as it is")
     record, logs, counts = snapshot_run(Path(run_dir) if run_dir else out / "none", out / "run", log)
-    if card and record and not card.get("untrained") and record.get("stages") != card.get("stages"):
+    if card and record and not card.get("untrained") and record.get("stages") != card_scale(card, "stages"):
         log("report: the training record is not the model card's run: its curves and settings are left out")
         record, logs = None, {}
 

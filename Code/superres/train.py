@@ -1,16 +1,20 @@
-"""Training, as four fastai stages (nanoGPT-style: read it top to bottom).
+"""Training, as three fastai stages (nanoGPT-style: read it top to bottom).
 
     1. generator   pre-training: pixel + feature loss, fit_one_cycle             -> generator_faithful.pt
     2. critic      pre-training on generated vs. real patches                    -> critic.pt
     3. gan         GAN fine-tuning, GANLearner.from_learners (AdaptiveGANSwitcher) -> generator_gan.pt
-    4. upsampler   x2 behind the frozen generator, for x4 = upsampler(generator(x)) -> upsampler.pt
+
+One run trains one scale (`--scale 4` or `--scale 2`): the generator works at the input's size and its
+PixelShuffle head makes the output, so x4 is one network, not a chain. `export_runs` puts the x4 and x2
+runs into one model folder.
 
 Every stage checkpoints each epoch into <run>/checkpoints and resumes from there when re-run; a stage
 whose final weights exist is skipped. <run>/record.json keeps what was done and measured, and
 `export_run` turns a finished run into the ONNX model folder + model card.
 
-On a CPU we train with bf16 autocast and channels_last (about 2x faster here). On a GPU fastai's
-device handling applies (`--device cuda`); for several GPUs wrap `train` in fastai's `distrib_ctx`
+On a CPU we train with bf16 autocast and channels_last (about 2x faster here); on a GPU with fastai's
+MixedPrecision (bf16) and channels_last. `--minutes` trains a stage for a wall-clock budget: the one-cycle
+schedule follows the elapsed time instead of the step count (for one-shot runs on lent GPUs). For several GPUs wrap `train` in fastai's `distrib_ctx`
 (`accelerate launch` + `with learn.distrib_ctx(): ...`), see fastai's distributed docs.
 """
 from __future__ import annotations
@@ -22,7 +26,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.training import GradientClip
 from fastai.callback.progress import CSVLogger
 from fastai.learner import Learner
@@ -34,37 +39,40 @@ from torch import nn
 from .data import Degradation, sr_dataloaders
 from .losses import make_loss
 from .metrics import psnr_y, ssim_y
-from .models import Chain, Generator, UnetConfig, make_critic, n_params
+from .models import Generator, UnetConfig, make_critic, n_params
 
-STAGES = ("generator", "critic", "gan", "upsampler")
+STAGES = ("generator", "critic", "gan")
 
 
 @dataclass
 class TrainConfig:
-    data: str                                  # folder of high-resolution photos
+    data: str                                  # folder(s) of high-resolution photos, comma-separated
     valid: str | None = None                   # validation photos (default: 10% of `data`)
     run_dir: str = "runs/default"
+    scale: int = 4                             # 4 or 2: what the generator of this run does
     generator: UnetConfig = field(default_factory=UnetConfig)
-    upsampler: UnetConfig = field(default_factory=UnetConfig)
     critic_nf: int = 32
-    hr_size: int = 128                         # x2 target crop (input is hr_size/2)
+    hr_size: int = 192                         # target crop; the input is hr_size/scale
     bs: int = 16
-    ups_hr_size: int = 192                     # x4 target crop for the up-sampler stage
-    ups_bs: int = 8
     repeats: int = 4                           # crops per photo per epoch
     epochs_gen: int = 8
     lr_gen: float = 2e-3
+    minutes_gen: float = 0.0                   # > 0: train the generator for this wall-clock budget instead
+    ema: float = 0.999                         # EMA decay of the generator's weights (0 = off)
     epochs_critic: int = 2
     lr_critic: float = 1e-3
     epochs_gan: int = 3
     lr_gan: float = 1e-4
+    minutes_gan: float = 0.0                   # > 0: GAN fine-tuning for this wall-clock budget instead
     gan_weights: tuple = (1.0, 50.0)           # (adversarial, pixel/feature) as in the lesson
-    epochs_ups: int = 6
-    lr_ups: float = 2e-3
+    clean_prob: float = 0.4                    # share of plain bicubic inputs (see DEGRADATION)
+    jpeg_prob: float = 0.8                     # share of JPEG among the degraded inputs
     loss: str = "auto"                         # auto | feature | weightfree
     pretrained: bool = False                   # ImageNet encoder (needs internet)
-    bf16: bool = True                          # CPU bf16 autocast + channels_last
+    init: str | None = None                    # start the generator from this checkpoint (fine-tuning)
+    bf16: bool = True                          # bf16 autocast + channels_last
     device: str = "cpu"
+    workers: int = 0                           # data-loading processes
     seed: int = 42
 
     def to_dict(self):
@@ -90,6 +98,17 @@ class CPUSpeedup(Callback):
     def after_pred(self):
         self.autocast.__exit__(None, None, None)
         self.learn.pred = self.pred.float()
+
+
+class CudaSpeedup(MixedPrecision):
+    """fastai's bf16 mixed precision, plus channels_last."""
+
+    def __init__(self):
+        super().__init__(amp_mode="bf16")
+
+    def before_fit(self):
+        super().before_fit()
+        self.learn.model.to(memory_format=torch.channels_last)
 
 
 class EpochCheckpoint(Callback):
@@ -132,6 +151,58 @@ class StepTimer(Callback):
             self.times.append(time.perf_counter() - self.t0)
 
 
+class TimeBudget(Callback):
+    """Train for `seconds` of wall-clock time: the schedule (one-cycle) follows the elapsed share of the
+    budget instead of the step count, and the fit stops at the end of the epoch that would overrun it.
+    Use it with a large epoch count; an epoch longer than the budget is cut short."""
+    order = 0   # after TrainEvalCallback (-10) updates pct_train, before ParamScheduler (60) reads it
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def before_fit(self):
+        self.t0, self.epoch_s = time.perf_counter(), 0.0
+
+    def before_batch(self):
+        if self.training:
+            self.learn.pct_train = min((time.perf_counter() - self.t0) / self.seconds, 1.0)
+
+    def after_batch(self):
+        if self.training and time.perf_counter() - self.t0 > self.seconds:
+            raise CancelFitException()   # an epoch longer than the whole budget
+
+    def before_epoch(self):
+        self.epoch_t0 = time.perf_counter()
+
+    def after_epoch(self):
+        self.epoch_s = max(self.epoch_s, time.perf_counter() - self.epoch_t0)
+        if time.perf_counter() - self.t0 + self.epoch_s > self.seconds:
+            raise CancelFitException()
+
+
+class EMA(Callback):
+    """Exponential moving average of the weights, swapped in when the fit ends. (torch's AveragedModel
+    deep-copies the model, which the U-Net's weight norm does not allow.)"""
+    order = 80
+
+    def __init__(self, decay: float = 0.999):
+        self.decay = decay
+
+    def before_fit(self):
+        self.ema = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+
+    @torch.no_grad()
+    def after_step(self):
+        for k, v in self.learn.model.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].lerp_(v.detach(), 1 - self.decay)
+            else:
+                self.ema[k].copy_(v)
+
+    def after_fit(self):
+        self.learn.model.load_state_dict(self.ema)
+
+
 class GeneratedVsReal(Callback):
     """Critic pre-training batches: the generator's outputs labelled 0, the real targets labelled 1."""
     def __init__(self, generator):
@@ -158,8 +229,10 @@ def load_network(path) -> Generator:
     return model
 
 
-def fit_resumable(learn: Learner, name: str, epochs: int, lr, one_cycle: bool = True):
-    """fit (one-cycle or constant LR), resuming from `<name>_last` if an earlier run was interrupted."""
+def fit_resumable(learn: Learner, name: str, epochs: int, lr, one_cycle: bool = True, minutes: float = 0.0,
+                  extra_cbs=()):
+    """fit (one-cycle or constant LR), resuming from `<name>_last` if an earlier run was interrupted.
+    With `minutes` > 0 the fit runs for that wall-clock budget (TimeBudget) instead of `epochs`."""
     ckdir = learn.path / learn.model_dir
     state = ckdir / f"{name}_last.json"
     start = 0
@@ -168,7 +241,12 @@ def fit_resumable(learn: Learner, name: str, epochs: int, lr, one_cycle: bool = 
         learn.load(f"{name}_last", with_opt=True)
         print(f"[{name}] resuming at epoch {start}/{epochs}")
     timer = StepTimer()
-    cbs = [EpochCheckpoint(name), ResumableCSVLogger(f"logs/{name}.csv", start), timer]
+    cbs = [EpochCheckpoint(name), ResumableCSVLogger(f"logs/{name}.csv", start), timer, *extra_cbs]
+    if minutes > 0:
+        if start:
+            raise RuntimeError(f"[{name}] a time-budget stage cannot resume; delete {state} to start it again")
+        epochs = 10_000
+        cbs.append(TimeBudget(60 * minutes))
     if start < epochs:
         if one_cycle:
             learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
@@ -198,7 +276,9 @@ class Run:
 
     def learner(self, dls, model, loss_func, metrics=(), bf16=None, **kwargs) -> Learner:
         bf16 = self.cfg.bf16 if bf16 is None else bf16
-        cbs = [GradientClip(1.0)] + ([CPUSpeedup()] if (bf16 and self.cfg.device == "cpu") else [])
+        cbs = [GradientClip(1.0)]
+        if bf16:
+            cbs.append(CPUSpeedup() if self.cfg.device == "cpu" else CudaSpeedup())
         return Learner(dls, model, loss_func=loss_func, metrics=list(metrics), cbs=cbs, path=self.path,
                        model_dir="checkpoints", **kwargs)
 
@@ -214,36 +294,47 @@ class Run:
 
 
 # ---- the stages -------------------------------------------------------------------------------------
-# The degradations each stage trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
-DEGRADATIONS = {2: Degradation(scale=2), 4: Degradation(scale=4, blur_sigma=(0.4, 3.0))}
+# The degradations each scale trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
+def degradation(cfg: TrainConfig) -> Degradation:
+    """The degradations a run trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
+    Plain bicubic inputs (`clean_prob`) are the benchmark convention and what a resized clean photo is."""
+    blur = {2: (0.2, 1.5), 4: (0.4, 3.0)}[cfg.scale]
+    return Degradation(scale=cfg.scale, clean_prob=cfg.clean_prob, jpeg_prob=cfg.jpeg_prob, blur_sigma=blur)
 
 
-def x2_dataloaders(cfg: TrainConfig):
-    return sr_dataloaders(cfg.data, cfg.valid, scale=2, hr_size=cfg.hr_size, bs=cfg.bs, repeats=cfg.repeats,
-                          degradation=DEGRADATIONS[2], seed=cfg.seed, device=torch.device(cfg.device))
+def dataloaders(cfg: TrainConfig):
+    return sr_dataloaders(cfg.data, cfg.valid, scale=cfg.scale, hr_size=cfg.hr_size, bs=cfg.bs,
+                          repeats=cfg.repeats, degradation=degradation(cfg), seed=cfg.seed,
+                          num_workers=cfg.workers, device=torch.device(cfg.device))
 
 
-def x4_dataloaders(cfg: TrainConfig):
-    return sr_dataloaders(cfg.data, cfg.valid, scale=4, hr_size=cfg.ups_hr_size, bs=cfg.ups_bs, repeats=cfg.repeats,
-                          degradation=DEGRADATIONS[4], seed=cfg.seed, device=torch.device(cfg.device))
+def stage_epochs(learn: Learner, epochs: int, minutes: float) -> int:
+    """Epochs a stage really ran (a time budget decides it at run time)."""
+    return learn.epoch + 1 if minutes > 0 else epochs
 
 
 def train_generator(run: Run, dls, loss_func) -> Generator:
-    """Stage 1: the generator learns to restore and double (pixel + feature loss)."""
+    """Stage 1: the generator learns to restore and upscale (pixel + feature loss), with an EMA of its weights."""
     cfg, out = run.cfg, run.ckpt("generator_faithful.pt")
     if out.exists():
         return load_network(out)
     started = time.time()
-    model = Generator(cfg.generator, pretrained=cfg.pretrained)
+    if cfg.init:   # fine-tuning: the architecture and weights come from the checkpoint
+        model = load_network(cfg.init)
+        if model.cfg.scale != cfg.scale:
+            raise ValueError(f"--init {cfg.init} is a x{model.cfg.scale} generator, not x{cfg.scale}")
+    else:
+        model = Generator(cfg.generator, pretrained=cfg.pretrained)
     learn = run.learner(dls, model, loss_func, metrics=[psnr_y, ssim_y])
-    if cfg.pretrained:  # the lesson's recipe: train the decoder first, then everything
+    if cfg.pretrained and not cfg.init:  # the lesson's recipe: train the decoder first, then everything
         learn.freeze()
         learn.fit_one_cycle(1, cfg.lr_gen)
         learn.unfreeze()
-    times = fit_resumable(learn, "generator", cfg.epochs_gen, cfg.lr_gen)
+    times = fit_resumable(learn, "generator", cfg.epochs_gen, cfg.lr_gen, minutes=cfg.minutes_gen,
+                          extra_cbs=[EMA(cfg.ema)] if cfg.ema else [])
     save_network(model, out)
-    run.finish_stage("generator", learn, times, started, epochs=cfg.epochs_gen, params=n_params(model),
-                     loss=type(loss_func).__name__)
+    run.finish_stage("generator", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gen, cfg.minutes_gen),
+                     params=n_params(model), loss=type(loss_func).__name__, ema=cfg.ema, init=cfg.init)
     return model
 
 
@@ -261,6 +352,7 @@ def train_critic(run: Run, dls, generator: Generator) -> nn.Module:
         learn.model.load_state_dict(torch.load(out, map_location="cpu"))
         return learn.model
     started = time.time()
+    generator.to(dls.device)
     learn.add_cb(GeneratedVsReal(generator))
     times = fit_resumable(learn, "critic", cfg.epochs_critic, cfg.lr_critic)
     learn.remove_cb(GeneratedVsReal)
@@ -286,101 +378,107 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
         learn_gen, learn_crit, weights_gen=cfg.gan_weights, switcher=AdaptiveGANSwitcher(critic_thresh=0.65),
         opt_func=partial(Adam, mom=0.0), show_img=False, cbs=[GANDiscriminativeLR(mult_lr=5.0)],
         metrics=[psnr_y, ssim_y], path=run.path, model_dir="checkpoints")
-    times = fit_resumable(learn, "gan", cfg.epochs_gan, cfg.lr_gan, one_cycle=False)
+    times = fit_resumable(learn, "gan", cfg.epochs_gan, cfg.lr_gan, one_cycle=False, minutes=cfg.minutes_gan)
     save_network(gen, out)
-    run.finish_stage("gan", learn, times, started, epochs=cfg.epochs_gan, weights_gen=list(cfg.gan_weights))
+    run.finish_stage("gan", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gan, cfg.minutes_gan),
+                     weights_gen=list(cfg.gan_weights))
     return gen
 
 
-def train_upsampler(run: Run, dls4, loss_func, generator: Generator) -> Generator:
-    """Stage 4: a second x2 network behind the frozen (faithful) generator, trained end to end on x4 pairs."""
-    cfg, out = run.cfg, run.ckpt("upsampler.pt")
-    if out.exists():
-        return load_network(out)
-    started = time.time()
-    ups = Generator(cfg.upsampler, pretrained=cfg.pretrained)
-    learn = run.learner(dls4, Chain(generator, ups), loss_func, metrics=[psnr_y, ssim_y])
-    times = fit_resumable(learn, "upsampler", cfg.epochs_ups, cfg.lr_ups)
-    save_network(ups, out)
-    run.finish_stage("upsampler", learn, times, started, epochs=cfg.epochs_ups, params=n_params(ups))
-    return ups
-
-
-def train(cfg: TrainConfig, stages=STAGES, export_to=None) -> Run:
-    """Run the stages in order (skipping finished ones), then export if `export_to` is given."""
+def train(cfg: TrainConfig, stages=STAGES) -> Run:
+    """Run the stages in order, skipping finished ones."""
     torch.manual_seed(cfg.seed)
     run = Run(cfg)
     loss_func = make_loss(cfg.loss)
     run.record["loss"] = loss_func.name
-    run.record["degradation"] = {f"x{k}": d.to_dict() for k, d in DEGRADATIONS.items()}
+    run.record["degradation"] = {f"x{cfg.scale}": degradation(cfg).to_dict()}
     run.save_record()
-    dls = x2_dataloaders(cfg)
+    dls = dataloaders(cfg)
     generator = train_generator(run, dls, loss_func)
     if "critic" in stages or "gan" in stages:
         critic = train_critic(run, dls, generator)
         if "gan" in stages:
             train_gan(run, dls, loss_func, generator, critic)
-    if "upsampler" in stages:
-        train_upsampler(run, x4_dataloaders(cfg), loss_func, generator)
-    if export_to:
-        export_run(run.path, export_to)
     return run
 
 
-def export_run(run_dir, out_dir) -> dict:
-    """ONNX model folder + model card from a finished run."""
+# What the model card says of each training folder it recognises (../shared/data/README.md).
+TRAINING_SETS = {
+    "portraits/train": "portraits: Face Research Lab London Set (DeBruine & Jones 2017, CC BY 4.0), Young Adult "
+                       "White Faces and young adult composite faces (DeBruine, CC BY 4.0), webmorphR.stim (CC0), "
+                       "inter-faces (Pexels/Unsplash, CC0)",
+    "general/train": "general photos: T91 (Yang et al., IEEE TIP 2010; no open licence, conventional academic SR "
+                     "training use) and BSDS200 (Martin et al., ICCV 2001; research/academic use)",
+}
+
+
+def training_sets(data: str) -> list[str]:
+    """Credit and licence of each training folder in `data` (comma-separated), as far as they are known."""
+    out = []
+    for folder in (f for f in data.split(",") if f):
+        name = "/".join(Path(folder).parts[-2:])
+        out.append(f"{name}: {TRAINING_SETS.get(name, 'unknown source: say where it comes from')}")
+    return out
+
+
+def export_runs(run_dirs, out_dir) -> dict:
+    """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run)."""
     from .export import export_models
-    run_dir = Path(run_dir)
-    record = json.loads((run_dir / "record.json").read_text())
-    ck = run_dir / "checkpoints"
-    faithful, ups = load_network(ck / "generator_faithful.pt"), load_network(ck / "upsampler.pt")
-    gan_path = ck / "generator_gan.pt"
-    gan = load_network(gan_path) if gan_path.exists() else faithful
-    cfg = record["config"]
-    card = {
-        "data": {"train": cfg["data"], "valid": cfg["valid"], "hr_crop": cfg["hr_size"],
-                 "degradation": record.get("degradation")},
-        "losses": {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
-                   "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"},
-        "stages": record["stages"],
-        "training": {"device": cfg["device"], "bf16": cfg["bf16"], "pretrained_encoder": cfg["pretrained"]},
-    }
-    return export_models(faithful.eval(), gan.eval(), ups.eval(), out_dir, card)
+    networks, card = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        record = json.loads((run_dir / "record.json").read_text())
+        cfg, ck = record["config"], run_dir / "checkpoints"
+        faithful = load_network(ck / "generator_faithful.pt")
+        gan_path = ck / "generator_gan.pt"
+        gan = load_network(gan_path) if gan_path.exists() else faithful
+        scale = str(faithful.cfg.scale)
+        if scale in networks:
+            raise ValueError(f"two runs for x{scale}: {run_dirs}")
+        networks[scale] = (faithful.eval(), gan.eval())
+        card["data"][f"x{scale}"] = {"train": cfg["data"], "valid": cfg["valid"], "hr_crop": cfg["hr_size"],
+                                     "training_sets": training_sets(cfg["data"]),
+                                     "degradation": record.get("degradation")}
+        card["losses"][f"x{scale}"] = {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
+                                       "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"}
+        card["stages"][f"x{scale}"] = record["stages"]
+        card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
+                                         "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}
+    return export_models(networks, out_dir, card)
 
 
 # ---- CLI --------------------------------------------------------------------------------------------
 def add_arguments(p):
-    d = TrainConfig(data="")
-    p.add_argument("--data", required=True, help="folder of high-resolution photos")
+    d, u = TrainConfig(data=""), UnetConfig()
+    p.add_argument("--data", required=True, help="folder(s) of high-resolution photos, comma-separated")
     p.add_argument("--valid", default=None, help="validation photos (default: hold out 10%% of --data)")
     p.add_argument("--run", default=d.run_dir, help="run folder (checkpoints, logs, record.json)")
-    p.add_argument("--arch", default=UnetConfig.arch, help="encoder: xresnet18, xresnet34, resnet18, resnet34")
-    p.add_argument("--widen", type=float, default=UnetConfig.widen, help="xresnet width multiplier")
-    p.add_argument("--ups-widen", type=float, default=UnetConfig.widen, help="up-sampler width multiplier")
+    p.add_argument("--scale", type=int, default=d.scale, choices=[2, 4], help="what this run's generator does")
+    p.add_argument("--arch", default=u.arch, help="encoder: xresnet18, xresnet34, resnet18, resnet34")
+    p.add_argument("--widen", type=float, default=u.widen, help="xresnet width multiplier")
+    p.add_argument("--nf", type=int, default=u.nf, help="channels of the low-resolution features")
+    p.add_argument("--trunk-blocks", type=int, default=u.trunk_blocks, help="ResBlocks after the U-Net")
     p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs internet)")
     p.add_argument("--loss", default=d.loss, choices=["auto", "feature", "weightfree"])
-    for name in ("hr_size", "bs", "ups_hr_size", "ups_bs", "repeats", "epochs_gen", "epochs_critic",
-                 "epochs_gan", "epochs_ups", "critic_nf"):
+    for name in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan", "critic_nf", "workers"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr_gen", "lr_critic", "lr_gan", "lr_ups"):
+    p.add_argument("--init", default=None, help="start the generator from this checkpoint (fine-tuning)")
+    for name in ("lr_gen", "lr_critic", "lr_gan", "minutes_gen", "minutes_gan", "ema", "clean_prob", "jpeg_prob"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
-    p.add_argument("--export-to", default=None, help="model folder to export into when done (default <run>/export)")
 
 
 def run(args):
     cfg = TrainConfig(
-        data=args.data, valid=args.valid, run_dir=args.run, loss=args.loss, pretrained=args.pretrained,
-        generator=UnetConfig(arch=args.arch, widen=args.widen),
-        upsampler=UnetConfig(arch=args.arch, widen=args.ups_widen),
-        bf16=not args.no_bf16 and args.device == "cpu", device=args.device,
-        **{k: getattr(args, k) for k in ("hr_size", "bs", "ups_hr_size", "ups_bs", "repeats", "epochs_gen",
-                                          "epochs_critic", "epochs_gan", "epochs_ups", "critic_nf", "lr_gen",
-                                          "lr_critic", "lr_gan", "lr_ups")})
+        data=args.data, valid=args.valid, run_dir=args.run, scale=args.scale, loss=args.loss,
+        pretrained=args.pretrained, bf16=not args.no_bf16, device=args.device,
+        generator=UnetConfig(arch=args.arch, widen=args.widen, nf=args.nf, trunk_blocks=args.trunk_blocks,
+                             scale=args.scale),
+        **{k: getattr(args, k) for k in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan",
+                                          "critic_nf", "workers", "lr_gen", "lr_critic", "lr_gan", "minutes_gen",
+                                          "minutes_gan", "ema", "clean_prob", "jpeg_prob", "init")})
     stages = [s for s in args.stages.split(",") if s]
-    export_to = args.export_to or (Path(args.run) / "export" if "upsampler" in stages else None)
-    train(cfg, stages, export_to)
-    if export_to:
-        print(f"exported to {export_to}")
+    train(cfg, stages)
+    print(f"trained {args.run}; export with: python -m superres export --run {args.run} [--run <x2 run>]")

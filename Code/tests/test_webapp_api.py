@@ -211,7 +211,7 @@ def archive_server(untrained_model_dir, tmp_path_factory):
     shutil.make_archive(str(root / "model"), "zip", untrained_model_dir)
     bad = tmp_path_factory.mktemp("bad") / "model"
     shutil.copytree(untrained_model_dir, bad)
-    with open(bad / "generator_gan.onnx", "ab") as f:
+    with open(bad / "x4_gan.onnx", "ab") as f:
         f.write(b"tampered")
     shutil.make_archive(str(root / "tampered"), "gztar", bad.parent, "model")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))

@@ -10,18 +10,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import astronaut, grace_hopper
+from conftest import astronaut, grace_hopper, require
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium; Code/ci_setup.sh does it)"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    require(Path(CHROMIUM).exists(), "needs Chromium (apt-get install chromium; Code/ci_setup.sh does it)")
+    from playwright import sync_api   # installed by requirements.txt
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         yield b
