@@ -22,12 +22,16 @@ the HR cropped to the same size, with `scale` pixels shaved on each side (the pu
     psnr_y, ssim_y  on the Y channel of YCbCr (BT.601, as MATLAB's rgb2ycbcr)
     haarpsi         HaarPSI (Reisenhofer et al. 2018; piq, RGB, no learned weights): 0..1, higher is better
     hf_ratio        RMS of the Laplacian of Y, output over target: < 1 over-smoothed, > 1 invented texture
-Means over the images of a set. Speed: each method runs in its own child process (so peak memory is its
+    lattice         the strongest grid peak (bins at multiples of 1/8 cycle/px) of the output's spectrum,
+                    relative to the target's: 1 = none added; a PixelShuffle / strided grid drives it up
+    spectral        mean |log10| ratio of output and target power in 24 radial bands above the LR Nyquist:
+                    0 = the photo's own detail spectrum (both on Y, centred square crop, Hann window)
+Means over the images of a set (medians for lattice and spectral). Speed: each method runs in its own child process (so peak memory is its
 own): load, one warm-up, then the median of several runs of x4 on a 256x256 input (output 1024x1024).
 
 JSON schema (format 1): {format, created, command, data_root, limit, machine{cpu, cores, threads, ...},
 model_card{dir, name, created, untrained, default_strength, sha256{file: hex}} | null,
-quality[{set, scale, method, strength|null, n_images, psnr_y, ssim_y, haarpsi, hf_ratio}],
+quality[{set, scale, method, strength|null, n_images, psnr_y, ssim_y, haarpsi, hf_ratio, lattice, spectral}],
 speed[{method, strength|null, options, input, output, scale, runs, seconds_per_image, min_seconds,
 megapixels_per_s, load_seconds, peak_rss_mb}], targets[{id, description, measured, required, passed|null}]}.
 
@@ -73,11 +77,12 @@ METHODS = ("bicubic", "lanczos", "fsrcnn", "espcn", "lapsrn", "ours")
 PEERS = {"fsrcnn": "FSRCNN", "espcn": "ESPCN", "lapsrn": "LapSRN"}   # method -> file prefix in peers/opencv
 DISPLAY = {"bicubic": "Bicubic", "lanczos": "Lanczos", "fsrcnn": "FSRCNN", "espcn": "ESPCN",
            "lapsrn": "LapSRN", "ours": "Ours"}
-STRENGTHS = (0.0, 0.5, 1.0)
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PERCEPTUAL = "haarpsi"
 PERCEPTUAL_TITLE = "HaarPSI"
-SCORES = ("psnr_y", "ssim_y", PERCEPTUAL, "hf_ratio")
-DIGITS = {"psnr_y": 4, "ssim_y": 4, PERCEPTUAL: 4, "hf_ratio": 4}   # one rounding only, at display
+SCORES = ("psnr_y", "ssim_y", PERCEPTUAL, "hf_ratio", "lattice", "spectral")
+MEDIAN_SCORES = ("lattice", "spectral")   # a few images with huge values would rule a mean: the median
+DIGITS = {"psnr_y": 4, "ssim_y": 4, PERCEPTUAL: 4, "hf_ratio": 4, "lattice": 3, "spectral": 4}  # rounded at display
 
 SPEED_INPUT = 256
 SPEED_SCALE = 4
@@ -97,6 +102,8 @@ BICUBIC_GAIN_CLEAN = 2.0
 BICUBIC_GAIN_JPEG = 1.5
 SET5_X4_PSNR = 30.72
 SET14_X4_PSNR = 27.6
+LATTICE_MAX = 4.0
+SPECTRAL_MAX_S1 = 0.5
 SPEED_MAX_SECONDS = 0.35
 SPEED_MIN_VS_LAPSRN = 8.0
 
@@ -284,14 +291,16 @@ def score(out: np.ndarray, hr, scale: int) -> dict:
     """All scores of one output against its HR (an array or a tensor from `to_tensor`), both cropped to
     the same size; `scale` pixels are shaved on each side."""
     import piq
-    from .metrics import high_freq_ratio, psnr_y, ssim_y
+    from .metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim_y
     y = hr if not isinstance(hr, np.ndarray) else to_tensor(hr)
     h, w = min(out.shape[0], y.shape[2]), min(out.shape[1], y.shape[3])
     x, y = to_tensor(out[:h, :w]), y[..., :h, :w]
     b = int(scale)
     xs, ys = x[..., b:h - b, b:w - b], y[..., b:h - b, b:w - b]
+    ly, lt = (rgb_to_y(t)[0, 0].numpy() for t in (xs, ys))
     return {"psnr_y": float(psnr_y(x, y, b)), "ssim_y": float(ssim_y(x, y, b)),
-            PERCEPTUAL: float(piq.haarpsi(xs, ys, data_range=1.0)), "hf_ratio": float(high_freq_ratio(xs, ys))}
+            PERCEPTUAL: float(piq.haarpsi(xs, ys, data_range=1.0)), "hf_ratio": float(high_freq_ratio(xs, ys)),
+            "lattice": lattice(ly, lt), "spectral": spectral_distance(ly, lt, scale)}
 
 
 _WORKER: dict = {}
@@ -404,7 +413,8 @@ def aggregate(per_image: list[dict]) -> list[dict]:
     for (set_name, scale, method, strength), rs in groups.items():
         row = {"set": set_name, "scale": scale, "method": method, "strength": strength, "n_images": len(rs)}
         for k in SCORES:
-            row[k] = round(float(np.mean([r[k] for r in rs])), DIGITS[k])
+            average = np.median if k in MEDIAN_SCORES else np.mean
+            row[k] = round(float(average([r[k] for r in rs])), DIGITS[k])
         rows.append(row)
     return rows
 
@@ -548,6 +558,21 @@ def check_targets(quality, speed, default_strength=0.5) -> list[dict]:
     p1 = None if r1 is None else r1["psnr_y"]
     out.append(target("psnr_s1_above_bicubic", "portraits512 x4, strength 1: PSNR(Y) > bicubic", p1, bic,
                       p1 is not None and bic is not None and p1 > bic))
+    # a GAN that looks real (issue 9): no grid at any strength, the photo's own detail spectrum at strength 1
+    ours4 = [r for r in quality if (r["set"], r["scale"], r["method"]) == ("portraits512", 4, "ours")
+             and r.get("lattice") is not None]
+    worst = max(ours4, key=lambda r: r["lattice"], default=None)
+    out.append(target("lattice_all_strengths", f"portraits512 x4: lattice <= {LATTICE_MAX:g} at every strength"
+                      + ("" if worst is None else f" (worst: s={worst['strength']:g})"),
+                      None if worst is None else worst["lattice"], LATTICE_MAX,
+                      worst is not None and worst["lattice"] <= LATTICE_MAX))
+    sp1 = None if r1 is None else r1.get("spectral")
+    out.append(target("spectral_s1", f"portraits512 x4, strength 1: spectral <= {SPECTRAL_MAX_S1:g}", sp1,
+                      SPECTRAL_MAX_S1, sp1 is not None and sp1 <= SPECTRAL_MAX_S1))
+    rb = find(quality, "portraits512", 4, "bicubic")
+    h1, hb = (None if r is None else r.get(PERCEPTUAL) for r in (r1, rb))
+    out.append(target("haarpsi_s1", f"portraits512 x4, strength 1: {PERCEPTUAL_TITLE} >= bicubic's", h1, hb,
+                      h1 is not None and hb is not None and h1 >= hb))
     ours = next((r for r in speed if r["method"] == "ours" and r["options"].get("tile") == "auto"
                  and r.get("scale", 4) == 4), None)
     lap = next((r for r in speed if r["method"] == "lapsrn" and r.get("scale", 4) == 4), None)
@@ -654,7 +679,9 @@ def markdown_report(report: dict) -> str:
             lines += ["**These are random-weight (untrained) models: a pipeline check, not results.**", ""]
     lines += [f"PSNR and SSIM on Y (BT.601) with `scale` pixels shaved; HaarPSI (piq, RGB, weight-free; higher is "
               "better); HF ratio = RMS of the Laplacian of Y, output over target (< 1 smoother than the target, > 1 "
-              "added texture). Means over the images; Δ = PSNR minus bicubic's.", ""]
+              "added texture); lattice = the strongest 2/4/8-px grid peak of the output's spectrum relative to the "
+              "target's (1 = none added); spectral = distance of the output's detail spectrum from the target's (0 = "
+              "the same). Means over the images (medians for lattice and spectral); Δ = PSNR minus bicubic's.", ""]
     if report.get("targets"):
         lines += ["## Targets", "", "| target | measured | required | met |", "| --- | ---: | ---: | :---: |"]
         for t in report["targets"]:
@@ -664,11 +691,12 @@ def markdown_report(report: dict) -> str:
     for set_name, scale in tasks_in(report):
         rows = quality_table(report, set_name, scale)
         lines += [f"## {set_title(set_name)} ×{scale} ({rows[0]['n_images']} images)", "",
-                  f"| method | PSNR(Y) dB | Δ dB | SSIM(Y) | {PERCEPTUAL_TITLE} | HF ratio |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                  f"| method | PSNR(Y) dB | Δ dB | SSIM(Y) | {PERCEPTUAL_TITLE} | HF ratio | lattice | spectral |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             lines.append(f"| {r['label']} | {r['psnr_y']:.2f} | {_fmt(r['delta_psnr'], 2)} | {r['ssim_y']:.4f} | "
-                         f"{r[PERCEPTUAL]:.4f} | {r['hf_ratio']:.3f} |")
+                         f"{r[PERCEPTUAL]:.4f} | {r['hf_ratio']:.3f} | {_fmt(r.get('lattice'), 2)} | "
+                         f"{_fmt(r.get('spectral'), 3)} |")
         lines.append("")
     if report.get("speed"):
         sp = report["speed"][0]

@@ -45,7 +45,7 @@ DISPLAY = {"bicubic": "Bicubic", "lanczos": "Lanczos", "fsrcnn": "FSRCNN", "espc
            "lapsrn": "LapSRN", "ours": "Ours"}
 PERCEPTUAL_TITLES = {"haarpsi": "HaarPSI", "lpips": "LPIPS", "dists": "DISTS", "ms_ssim": "MS-SSIM"}
 LOWER_IS_BETTER = {"lpips", "dists"}
-ROW_KEYS = {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "hf_ratio"}
+ROW_KEYS = {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "hf_ratio", "lattice", "spectral"}
 SET_TITLES = {"portraits512": "portraits/valid at 512 px",
               "portraits512_jpeg40": "portraits/valid at 512 px, input saved as JPEG q40"}
 CREDITS = {  # file-name prefix -> credit (../shared/data/README.md)
@@ -132,7 +132,8 @@ def bicubic_psnr(rows) -> float | None:
 
 
 def quality_tabular(report: dict, set_name: str, scale: int) -> str:
-    """One booktabs tabular: method, PSNR(Y), delta vs bicubic, SSIM(Y), perceptual, HF ratio; best in bold."""
+    """One booktabs tabular: method, PSNR(Y), delta vs bicubic, SSIM(Y), perceptual, HF ratio, lattice, spectral;
+    best PSNR, SSIM and perceptual in bold."""
     rows = task_rows(report, set_name, scale)
     pk = perceptual_key(rows)
     cols = [("psnr_y", 2, max), ("ssim_y", 4, max)] + ([(pk, 4, min if pk in LOWER_IS_BETTER else max)] if pk else [])
@@ -148,7 +149,7 @@ def quality_tabular(report: dict, set_name: str, scale: int) -> str:
     ptitle = PERCEPTUAL_TITLES.get(pk, tex(pk)) if pk else None
     arrow = "" if pk is None else (r"$\downarrow$" if pk in LOWER_IS_BETTER else r"$\uparrow$")
     head = ["Method", r"PSNR(Y)$\uparrow$", r"$\Delta$ bicubic", r"SSIM(Y)$\uparrow$"] + \
-        ([ptitle + arrow] if pk else []) + ["HF ratio"]
+        ([ptitle + arrow] if pk else []) + ["HF ratio", r"lattice$\downarrow$", r"spectral$\downarrow$"]
     out = [header("Code/results/evaluation.json"),
            "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
     for r in rows:
@@ -157,6 +158,8 @@ def quality_tabular(report: dict, set_name: str, scale: int) -> str:
         if pk:
             cells.append(cell(r, pk, 4))
         cells.append("--" if r.get("hf_ratio") is None else f"{r['hf_ratio']:.3f}")
+        cells.append("--" if r.get("lattice") is None else f"{r['lattice']:.2f}")
+        cells.append("--" if r.get("spectral") is None else f"{r['spectral']:.3f}")
         out.append(" & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(out)
@@ -270,7 +273,7 @@ def eval_files(report: dict | None) -> dict[str, str]:
         lookups.append(define("caption", f"{set_name}@{scale}", quality_caption(report, set_name, scale)))
         for r in rows:
             key = f"{set_name}@{scale}@{method_key(r['method'], r.get('strength'))}"
-            for k, d in (("psnr_y", 2), ("ssim_y", 4), ("hf_ratio", 3)) + (((pk, 4),) if pk else ()):
+            for k, d in (("psnr_y", 2), ("ssim_y", 4), ("hf_ratio", 3), ("lattice", 2), ("spectral", 3)) + (((pk, 4),) if pk else ()):
                 if r.get(k) is not None:
                     lookups.append(define("q", f"{key}@{k}", f"{r[k]:.{d}f}"))
             if pk:

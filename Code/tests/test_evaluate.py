@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import SHARED_DATA, astronaut
 from superres import evaluate as ev
 from superres.__main__ import main
-from superres.metrics import high_freq_ratio, psnr_y, rgb_to_y, ssim, ssim_y
+from superres.metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim, ssim_y
 
 
 def const(rgb, h=32, w=32):
@@ -156,6 +156,18 @@ def test_missing_data_or_model_is_a_clear_error(tmp_path, capsys):
         assert "model" in err and "--methods" in err
 
 
+def test_lattice_and_spectral_measures():
+    """lattice is 1 and spectral 0 for the photo itself; a faint 4-px grid drives lattice up; a blurred copy
+    (bicubic down and up) is far from the photo's detail spectrum."""
+    y = np.asarray(astronaut().convert("L").resize((256, 256)), dtype=np.float64)
+    assert lattice(y, y) == pytest.approx(1.0) and spectral_distance(y, y, 4) == pytest.approx(0.0)
+    grid = y.copy()
+    grid[::4, :] += 2.0                                        # under one grey level in the mean
+    assert lattice(grid, y) > 20
+    small = Image.fromarray(y.astype(np.uint8)).resize((64, 64), Image.BICUBIC).resize((256, 256), Image.BICUBIC)
+    assert spectral_distance(np.asarray(small, dtype=np.float64), y, 4) > 1.0
+
+
 # ---- evaluate on the real data ---------------------------------------------------------------------
 @pytest.mark.shared_data
 def test_bicubic_set5_x4_reproduces_the_published_convention(tmp_path, shared_data):
@@ -188,7 +200,8 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
                        ("ours", 0.0), ("ours", card["default_strength"])}      # + the card's default strength
     for r in report["quality"]:
         assert set(r) == {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "haarpsi",
-                          "hf_ratio"}
+                          "hf_ratio", "lattice", "spectral"}
+        assert r["lattice"] > 0 and r["spectral"] >= 0
         assert r["n_images"] == 2 and 15 < r["psnr_y"] < 60 and 0 < r["ssim_y"] <= 1
         assert 0 < r["haarpsi"] <= 1 and 0 < r["hf_ratio"] < 5
     # the untrained model is bicubic plus a tiny perturbation: within a dB of bicubic

@@ -36,7 +36,8 @@ def synthetic_evaluation() -> dict:
                 quality.append({"set": set_name, "scale": scale, "method": m, "strength": s, "n_images": 5 + si,
                                 "psnr_y": round(base + gain + 0.0123 * k, 3), "ssim_y": round(0.8 + 0.01 * gain, 4),
                                 "haarpsi": round(0.6 + 0.05 * (s or 0) + 0.01 * k, 4),
-                                "hf_ratio": round(0.6 + 0.4 * (s if s is not None else gain), 4)})
+                                "hf_ratio": round(0.6 + 0.4 * (s if s is not None else gain), 4),
+                                "lattice": round(1.5 + 3 * (s or 0), 3), "spectral": round(1.0 - 0.5 * (s or 0), 4)})
     speed = [{"method": m, "strength": s, "options": o, "input": "256x256", "output": "1024x1024", "scale": 4,
               "runs": 5, "seconds_per_image": t, "min_seconds": t, "megapixels_per_s": round(1.048576 / t, 3),
               "load_seconds": 0.5, "peak_rss_mb": rss}
@@ -78,6 +79,8 @@ def check_quality_tables(report: dict, files: dict) -> int:
         assert cells[2] == f"{r['ssim_y']:.4f}"
         assert cells[3] == f"{r['haarpsi']:.4f}"
         assert cells[4] == f"{r['hf_ratio']:.3f}"
+        assert cells[5] == ("--" if r.get("lattice") is None else f"{r['lattice']:.2f}")
+        assert cells[6] == ("--" if r.get("spectral") is None else f"{r['spectral']:.3f}")
         bic = next(b for b in report["quality"]
                    if (b["set"], b["scale"], b["method"]) == (r["set"], r["scale"], "bicubic"))
         assert cells[1] == ("--" if r["method"] == "bicubic" else f"{r['psnr_y'] - bic['psnr_y']:+.2f}")
