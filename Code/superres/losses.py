@@ -106,3 +106,40 @@ def make_loss(kind: str = "auto") -> nn.Module:
             print(f"[superres] {e}\n[superres] falling back to the weight-free loss (L1 + SSIM + gradients)")
             return WeightFreeLoss()
     raise ValueError(f"unknown loss {kind!r}")
+
+
+class LatticeLoss(nn.Module):
+    """Grid energy: how far the output's power at the lattice frequencies (multiples of 1/8 cycle per pixel,
+    where a PixelShuffle or strided grid of period 2, 4 or 8 shows) rises above the target's, in log10.
+
+    The differentiable counterpart of `superres.metrics.lattice` (issue 9): on luma, under a Hann window,
+    one-sided (only excess grid energy costs), averaged over the 63 bins and the batch."""
+    name = "lattice"
+
+    def forward(self, pred, target):
+        from .metrics import rgb_to_y
+        yp, yt = rgb_to_y(pred.float()), rgb_to_y(target.float())
+        n = yp.shape[-1] // 8 * 8
+        yp, yt = yp[..., :n, :n], yt[..., :n, :n]
+        win = torch.hann_window(n, periodic=False, device=yp.device, dtype=yp.dtype)
+        win = win[:, None] * win[None, :]
+        def power(y):
+            return torch.fft.fft2((y - y.mean(dim=(-2, -1), keepdim=True)) * win).abs() ** 2
+        idx = torch.arange(8, device=yp.device) * (n // 8)
+        pp, pt = (power(y)[..., idx][..., idx, :] for y in (yp, yt))
+        excess = F.relu(torch.log10(pp + 1e-8) - torch.log10(pt + 1e-8))
+        mask = torch.ones(8, 8, device=yp.device)
+        mask[0, 0] = 0   # the mean is no grid
+        return (excess * mask).sum(dim=(-2, -1)).mean() / mask.sum()
+
+
+class WithLattice(nn.Module):
+    """A content loss plus `weight` x LatticeLoss (the GAN stage's generator loss when --lattice-weight > 0)."""
+
+    def __init__(self, base: nn.Module, weight: float):
+        super().__init__()
+        self.base, self.lattice, self.weight = base, LatticeLoss(), weight
+        self.name = f"{getattr(base, 'name', type(base).__name__)}+{weight:g}*lattice"
+
+    def forward(self, pred, target):
+        return self.base(pred, target) + self.weight * self.lattice(pred, target)

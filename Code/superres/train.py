@@ -37,7 +37,7 @@ from fastai.vision.gan import (AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminat
 from torch import nn
 
 from .data import Degradation, sr_dataloaders
-from .losses import make_loss
+from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, make_critic, n_params
 
@@ -65,6 +65,7 @@ class TrainConfig:
     lr_gan: float = 1e-4
     minutes_gan: float = 0.0                   # > 0: GAN fine-tuning for this wall-clock budget instead
     gan_weights: tuple = (1.0, 50.0)           # (adversarial, pixel/feature) as in the lesson
+    lattice_weight: float = 0.0                # GAN stage: + this x LatticeLoss in the content loss (no grid)
     clean_prob: float = 0.4                    # share of plain bicubic inputs (see DEGRADATION)
     jpeg_prob: float = 0.8                     # share of JPEG among the degraded inputs
     loss: str = "auto"                         # auto | feature | weightfree
@@ -371,6 +372,8 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     started = time.time()
     gen = Generator(generator.cfg)
     gen.load_state_dict(generator.state_dict())
+    if cfg.lattice_weight:
+        loss_func = WithLattice(loss_func, cfg.lattice_weight)
     learn_gen = run.learner(dls, gen, loss_func, bf16=False)
     learn_crit = critic_learner(run, dls)
     learn_crit.model.load_state_dict(critic.state_dict())
@@ -381,7 +384,7 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     times = fit_resumable(learn, "gan", cfg.epochs_gan, cfg.lr_gan, one_cycle=False, minutes=cfg.minutes_gan)
     save_network(gen, out)
     run.finish_stage("gan", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gan, cfg.minutes_gan),
-                     weights_gen=list(cfg.gan_weights))
+                     weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight)
     return gen
 
 
@@ -440,7 +443,9 @@ def export_runs(run_dirs, out_dir) -> dict:
                                      "training_sets": training_sets(cfg["data"]),
                                      "degradation": record.get("degradation")}
         card["losses"][f"x{scale}"] = {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
-                                       "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"}
+                                       "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"
+                                              + (f", + {cfg['lattice_weight']:g} x lattice loss in the content term"
+                                                 if cfg.get("lattice_weight") else "")}
         card["stages"][f"x{scale}"] = record["stages"]
         card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
                                          "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}
@@ -463,7 +468,8 @@ def add_arguments(p):
     for name in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan", "critic_nf", "workers"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--init", default=None, help="start the generator from this checkpoint (fine-tuning)")
-    for name in ("lr_gen", "lr_critic", "lr_gan", "minutes_gen", "minutes_gan", "ema", "clean_prob", "jpeg_prob"):
+    for name in ("lr_gen", "lr_critic", "lr_gan", "minutes_gen", "minutes_gan", "ema", "clean_prob", "jpeg_prob",
+                 "lattice_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -478,7 +484,8 @@ def run(args):
                              scale=args.scale),
         **{k: getattr(args, k) for k in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan",
                                           "critic_nf", "workers", "lr_gen", "lr_critic", "lr_gan", "minutes_gen",
-                                          "minutes_gan", "ema", "clean_prob", "jpeg_prob", "init")})
+                                          "minutes_gan", "ema", "clean_prob", "jpeg_prob", "init",
+                                          "lattice_weight")})
     stages = [s for s in args.stages.split(",") if s]
     train(cfg, stages)
     print(f"trained {args.run}; export with: python -m superres export --run {args.run} [--run <x2 run>]")

@@ -13,7 +13,8 @@ from superres.data import Degradation, make_pair, sr_dataloaders
 from dataclasses import replace
 
 from superres.export import export_onnx
-from superres.losses import FeatureLoss, WeightFreeLoss, gram_matrix, load_vgg16_bn, make_loss
+from superres.losses import (FeatureLoss, LatticeLoss, WeightFreeLoss, WithLattice, gram_matrix, load_vgg16_bn,
+                             make_loss)
 from superres.metrics import psnr_y, ssim_y
 from superres.models import (Generator, UnetConfig, interpolate_weights, make_critic, make_encoder,
                              pad_to_multiple, upscale)
@@ -138,6 +139,22 @@ def test_weightfree_loss_zero_for_identical_and_grows_with_error():
     y = torch.rand(2, 3, 32, 32)
     assert loss(y, y).item() == pytest.approx(0, abs=1e-5)
     assert loss(y + 0.1 * torch.randn_like(y), y) > loss(y + 0.01 * torch.randn_like(y), y) > 0
+
+
+def test_lattice_loss_costs_a_grid_only():
+    """Zero for the target itself, positive for a faint 4-px grid, and it has gradients to train with."""
+    torch.manual_seed(0)
+    y = torch.rand(2, 3, 64, 64) * 0.2 + torch.linspace(0, 0.6, 64)[None, None, :, None]
+    grid = y.clone()
+    grid[..., ::4, :] += 0.02
+    grid.requires_grad_(True)
+    loss = LatticeLoss()
+    assert loss(y, y).item() == pytest.approx(0.0, abs=1e-6)
+    value = loss(grid, y)
+    value.backward()
+    assert value.item() > 0.05 and grid.grad.abs().sum() > 0
+    both = WithLattice(WeightFreeLoss(), 2.0)
+    assert both(grid, y).item() == pytest.approx(WeightFreeLoss()(grid, y).item() + 2 * value.item(), rel=1e-5)
 
 
 def test_feature_loss_with_local_vgg_weights():
