@@ -6,7 +6,12 @@
 #
 # DATA holds portraits/train, portraits/valid (validation only) and general/train. The run folders go to
 # $RUNS (default: a new temporary folder); OUT receives only what `python -m superres export` needs, one
-# file per checkpoint (copied as soon as its stage ends), and records.tgz with the run records and logs. Stages follow `superres train` exactly; only batch size, workers and time differ.
+# file per checkpoint (copied as soon as its stage ends), and records.tgz with the run records and logs.
+# Stages follow `superres train` exactly; only batch size, workers and time differ.
+#
+# A lent GPU gets only the working tree (64 MiB in all), so DATA was a git-excluded folder in the repo holding
+# ../shared/data's portraits/train re-encoded at <= 640 px and portraits/valid at 512 px (Pillow, Lanczos, JPEG
+# q90 4:4:4) and general/train as it is (~50 MB); fastai and its pure-Python needs travelled as wheels.
 set -uo pipefail
 DATA=$1; OUT=$2; GEN_MIN=${3:-5}; GAN_MIN=${4:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
