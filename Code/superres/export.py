@@ -9,14 +9,15 @@ The model folder holds, for each scale S it supports (4 and 2):
 Each ONNX file maps "input" (1,3,H,W) float32 RGB in [0,1], H and W multiples of `input_multiple`,
 to "output" (1,3,S*H,S*W) float32 (not clamped). Weights are stored as float16 (half the size; the network
 computes in float32). Initializers keep the PyTorch parameter names (plus `.fp16`; no constant folding at
-export, ONNX Runtime folds at load), so the two generators of a scale can be blended by name for a `strength` between 0 and 1 (ESRGAN's network interpolation).
+export, ONNX Runtime folds at load), so the two generators of a scale can be blended by name for a
+`strength` between 0 and 1 (ESRGAN's network interpolation).
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,13 @@ from . import __version__
 from .models import SIZE_MULTIPLE, Generator, UnetConfig, n_params
 
 FORMAT = 2   # 1: x2 generator + x2 up-sampler chain; 2: one generator per scale
+CARD = "model_card.json"
+OPSET = 17
 
 
 def network_files(scale: int) -> dict:
     """The card's `networks` entry for one scale: its faithful and GAN ONNX files."""
     return {"faithful": f"x{scale}_faithful.onnx", "gan": f"x{scale}_gan.onnx"}
-
-
-CARD = "model_card.json"
-OPSET = 17
 
 
 def store_weights_fp16(path: Path, min_size: int = 256) -> None:

@@ -108,7 +108,7 @@ class Enhancer:
         self.scales = sorted(int(s) for s in self.card["networks"])
         self.default_strength = float(self.card["default_strength"])
         self.threads = int(threads)
-        self._faithful_path, self._faithful, self._delta = {}, {}, {}
+        self._paths, self._faithful, self._delta = {}, {}, {}   # per scale: its two files, weights, gan - faithful
         for scale in self.scales:
             entry = self.card["networks"][str(scale)]
             paths = {k: self.model_dir / entry[k] for k in ("faithful", "gan")}
@@ -120,7 +120,7 @@ class Enhancer:
                 raise ModelError(f"{entry['faithful']} and {entry['gan']} have different initializers, so they "
                                  "cannot be blended; re-export both from the same architecture.")
             # keep only the difference (gan - faithful) of tensors that differ: the blend is f + s * d
-            self._faithful_path[scale], self._faithful[scale] = paths, faithful
+            self._paths[scale], self._faithful[scale] = paths, faithful
             self._delta[scale] = {k: (gan[k].astype(np.float32) - v.astype(np.float32))
                                   for k, v in faithful.items()
                                   if np.issubdtype(v.dtype, np.floating) and not np.array_equal(v, gan[k])}
@@ -162,9 +162,9 @@ class Enhancer:
                 return self._sessions[key]
         scale, s = key
         if s == 0.0:
-            sess = self._session(self._faithful_path[scale]["faithful"])
+            sess = self._session(self._paths[scale]["faithful"])
         elif s == 1.0:
-            sess = self._session(self._faithful_path[scale]["gan"])
+            sess = self._session(self._paths[scale]["gan"])
         else:
             sess = self._blended_session(scale, s)
         with self._lock:
@@ -181,7 +181,7 @@ class Enhancer:
         most of the blend out: at s = 0.5 the output moved 0.04 grey levels instead of 1.7.)"""
         import onnx
         from onnx import numpy_helper
-        model = onnx.load(str(self._faithful_path[scale]["faithful"]))
+        model = onnx.load(str(self._paths[scale]["faithful"]))
         faithful, delta = self._faithful[scale], self._delta[scale]
         for t in model.graph.initializer:
             d = delta.get(t.name)
@@ -189,8 +189,6 @@ class Enhancer:
                 # the blend stays float32, also where the file stores float16 (its Cast to float32 then
                 # changes nothing), so the blend adds no rounding of its own
                 w = faithful[t.name].astype(np.float32) + np.float32(s) * d
-                if not np.issubdtype(faithful[t.name].dtype, np.floating):
-                    w = w.astype(faithful[t.name].dtype)
                 t.CopyFrom(numpy_helper.from_array(w, t.name))
         try:
             return ort.InferenceSession(model.SerializeToString(), self._options(),

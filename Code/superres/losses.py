@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import ssim
+from .metrics import rgb_to_y, ssim
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,7 +117,6 @@ class LatticeLoss(nn.Module):
     name = "lattice"
 
     def forward(self, pred, target):
-        from .metrics import rgb_to_y
         yp, yt = rgb_to_y(pred.float()), rgb_to_y(target.float())
         n = yp.shape[-1] // 8 * 8
         yp, yt = yp[..., :n, :n], yt[..., :n, :n]

@@ -5,6 +5,7 @@ Torch functions on (N,3,H,W) tensors in [0,1]; used as fastai metrics during tra
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,9 +86,8 @@ def high_freq_ratio(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # ---- spectral measures (numpy, on Y): a grid that a PixelShuffle or a strided network draws, and how far
 # the output's detail spectrum is from the photo's own -------------------------------------------------------
-def _power_spectrum(y: "np.ndarray", side: int) -> "np.ndarray":
+def _power_spectrum(y: np.ndarray, side: int) -> np.ndarray:
     """|FFT|^2 of the centred `side` x `side` crop of a 2-D luma array, under a 2-D Hann window."""
-    import numpy as np
     h, w = y.shape
     t, l = (h - side) // 2, (w - side) // 2
     crop = y[t:t + side, l:l + side].astype(np.float64)
@@ -100,9 +100,8 @@ def common_side(*arrays, multiple: int = 8) -> int:
     return min(min(a.shape[:2]) for a in arrays) // multiple * multiple
 
 
-def _prominence(p: "np.ndarray", ky: int, kx: int) -> float:
+def _prominence(p: np.ndarray, ky: int, kx: int) -> float:
     """Mean power of the 3x3 bins around (ky, kx) over the median power of its 9x9 neighbourhood (wrapping)."""
-    import numpy as np
     n = p.shape[0]
     def patch(r):
         idx = np.arange(-r, r + 1)
@@ -110,7 +109,7 @@ def _prominence(p: "np.ndarray", ky: int, kx: int) -> float:
     return float(patch(1).mean() / max(np.median(patch(4)), 1e-20))
 
 
-def lattice(out_y: "np.ndarray", target_y: "np.ndarray") -> float:
+def lattice(out_y: np.ndarray, target_y: np.ndarray) -> float:
     """Max over the 63 bins (fy, fx) in {0, 1/8, .., 7/8}^2 but (0, 0) cycles/pixel of prominence(output) /
     prominence(target): 1 for the photo itself; a grid with a period of 2, 4 or 8 px drives it up."""
     side = common_side(out_y, target_y)
@@ -121,10 +120,9 @@ def lattice(out_y: "np.ndarray", target_y: "np.ndarray") -> float:
     return max(ratios)
 
 
-def spectral_distance(out_y: "np.ndarray", target_y: "np.ndarray", scale: int, bands: int = 24) -> float:
+def spectral_distance(out_y: np.ndarray, target_y: np.ndarray, scale: int, bands: int = 24) -> float:
     """Mean over `bands` radial bands from the low-resolution Nyquist (0.5/scale) to 0.5 cycles/pixel of
     |log10 P_out(r) - log10 P_target(r)| (band means of the power): 0 = the photo's own detail spectrum."""
-    import numpy as np
     side = common_side(out_y, target_y)
     po, pt = _power_spectrum(out_y, side), _power_spectrum(target_y, side)
     f = np.fft.fftfreq(side)

@@ -9,6 +9,7 @@ which costs ~16x more; our first version ran a second U-Net at twice the input s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -85,7 +86,7 @@ class BicubicPhases(nn.Module):
         taps = torch.zeros(scale, 5)          # per phase p: weights on input offsets -2..2
         for p in range(scale):
             src = (p + 0.5) / scale - 0.5     # source position of phase p, relative to its input pixel
-            first = int(torch.floor(torch.tensor(src))) - 1
+            first = math.floor(src) - 1
             for i, w in enumerate(cubic_weights(src - (first + 1))):
                 taps[p, first + i + 2] = w
         kernel = torch.einsum("yi,xj->yxij", taps, taps).reshape(scale * scale, 1, 5, 5)

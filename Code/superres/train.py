@@ -9,13 +9,13 @@ PixelShuffle head makes the output, so x4 is one network, not a chain. `export_r
 runs into one model folder.
 
 Every stage checkpoints each epoch into <run>/checkpoints and resumes from there when re-run; a stage
-whose final weights exist is skipped. <run>/record.json keeps what was done and measured, and
-`export_run` turns a finished run into the ONNX model folder + model card.
+whose final weights exist is skipped. <run>/record.json keeps what was done and measured.
 
 On a CPU we train with bf16 autocast and channels_last (about 2x faster here); on a GPU with fastai's
-MixedPrecision (bf16) and channels_last. `--minutes` trains a stage for a wall-clock budget: the one-cycle
-schedule follows the elapsed time instead of the step count (for one-shot runs on lent GPUs). For several GPUs wrap `train` in fastai's `distrib_ctx`
-(`accelerate launch` + `with learn.distrib_ctx(): ...`), see fastai's distributed docs.
+MixedPrecision (bf16) and channels_last. `--minutes-gen` / `--minutes-gan` train a stage for a wall-clock
+budget: the one-cycle schedule follows the elapsed time instead of the step count (for one-shot runs on lent
+GPUs). For several GPUs wrap `train` in fastai's `distrib_ctx` (`accelerate launch` +
+`with learn.distrib_ctx(): ...`), see fastai's distributed docs.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class TrainConfig:
     minutes_gan: float = 0.0                   # > 0: GAN fine-tuning for this wall-clock budget instead
     gan_weights: tuple = (1.0, 50.0)           # (adversarial, pixel/feature) as in the lesson
     lattice_weight: float = 0.0                # GAN stage: + this x LatticeLoss in the content loss (no grid)
-    clean_prob: float = 0.4                    # share of plain bicubic inputs (see DEGRADATION)
+    clean_prob: float = 0.4                    # share of plain bicubic inputs (see `degradation`)
     jpeg_prob: float = 0.8                     # share of JPEG among the degraded inputs
     loss: str = "auto"                         # auto | feature | weightfree
     pretrained: bool = False                   # ImageNet encoder (needs internet)
@@ -295,7 +295,6 @@ class Run:
 
 
 # ---- the stages -------------------------------------------------------------------------------------
-# The degradations each scale trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
 def degradation(cfg: TrainConfig) -> Degradation:
     """The degradations a run trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
     Plain bicubic inputs (`clean_prob`) are the benchmark convention and what a resized clean photo is."""
