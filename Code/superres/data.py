@@ -102,6 +102,19 @@ def to_tensor(img: Image.Image):
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
+def to_uint8_tensor(img: Image.Image):
+    """(3,H,W) uint8: a quarter of float32's bytes through the data-loading workers' queues."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+class ToUnitFloat(Transform):
+    """uint8 batch -> float in [0,1], after the batch reached its device (fastai's `after_batch`)."""
+    order = 0
+
+    def encodes(self, x: torch.Tensor):
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def make_pair(path, hr_size: int, degradation: Degradation, rng: random.Random, max_side: int = 768):
     """One (lr, hr) pair of PIL images from a photo."""
     if min(load_photo(str(path), max_side).size) < hr_size:
@@ -118,7 +131,8 @@ class PairItem:
 
 
 class MakePair(Transform):
-    """PairItem -> (lr, hr) tensors. (Not a tuple item: fastai would map the transform over a tuple.)"""
+    """PairItem -> (lr, hr) uint8 tensors; `ToUnitFloat` makes them floats in [0,1] per batch, on the device.
+    (Not a tuple item: fastai would map the transform over a tuple.)"""
 
     def __init__(self, hr_size: int, degradation: Degradation, max_side: int = 768):
         super().__init__()
@@ -127,7 +141,7 @@ class MakePair(Transform):
     def encodes(self, item):
         rng = random.Random(item.seed) if item.seed is not None else random
         lr, hr = make_pair(item.path, self.hr_size, self.degradation, rng, self.max_side)
-        return to_tensor(lr), to_tensor(hr)
+        return to_uint8_tensor(lr), to_uint8_tensor(hr)
 
 
 def image_files_in(folders) -> list[Path]:
@@ -183,8 +197,9 @@ def sr_dataloaders(train_folder, valid_folder=None, scale: int = 2, hr_size: int
     splits = (list(range(len(train) * repeats)), list(range(len(train) * repeats, len(items))))
 
     tls = TfmdLists(items, [MakePair(hr_size, degradation, max_side)], splits=splits)
-    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=num_workers,
-                          device=device or torch.device("cpu"))
+    device = torch.device(device or "cpu")
+    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=num_workers, after_batch=[ToUnitFloat()],
+                          device=device, pin_memory=device.type == "cuda")
     dls.n_inp = 1
     return dls
 

@@ -88,6 +88,13 @@ SPEED_INPUT = 256
 SPEED_SCALE = 4
 SAMPLE_IMAGES = ("frll_126_03", "frll_140_08", "interfaces_092")
 SAMPLE_CROP = 224          # side of the crops in HR pixels, centred on the face
+# Issue 9's close-ups: where a grid or a halo shows first. Centres in the 512-px target, picked by eye.
+SAMPLE_DETAILS = {
+    "frll_126_03": {"eye": (215, 228), "mouth": (250, 310), "hair edge": (300, 104)},
+    "frll_140_08": {"eye": (220, 226), "mouth": (250, 302), "hair edge": (258, 118)},
+    "interfaces_092": {"eye": (236, 206), "mouth": (191, 290), "hair edge": (206, 46)},
+}
+DETAIL_CROP, DETAIL_ZOOM = 96, 2   # HR pixels per close-up, shown enlarged (nearest) so a 4-px grid is visible
 CREDITS = {  # file-name prefix -> credit line (../shared/data/README.md)
     "frll": "Face Research Lab London Set, DeBruine, L. & Jones, B. (2017), doi:10.6084/m9.figshare.5047666.v5, CC BY 4.0",
     "canada": "Young Adult White Faces with Manipulated Versions, DeBruine, L., figshare 4220517, CC BY 4.0",
@@ -590,6 +597,13 @@ def credit(name: str) -> str:
     return CREDITS.get(name.split("_")[0], "see ../shared/data/README.md")
 
 
+def label_font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:   # Pillow < 10.1
+        return ImageFont.load_default()
+
+
 def sample_grid(parts: dict[str, np.ndarray], scale: int = SPEED_SCALE, crop: int = SAMPLE_CROP) -> Image.Image:
     """One row of face crops: input (nearest), the methods present, target; labelled underneath."""
     hr = parts["target"]
@@ -607,13 +621,33 @@ def sample_grid(parts: dict[str, np.ndarray], scale: int = SPEED_SCALE, crop: in
     pad, text_h = 4, 22
     grid = Image.new("RGB", (len(panels) * (c + pad) - pad, c + text_h), "white")
     draw = ImageDraw.Draw(grid)
-    try:
-        font = ImageFont.load_default(size=15)
-    except TypeError:   # Pillow < 10.1
-        font = ImageFont.load_default()
+    font = label_font(15)
     for i, (name, arr) in enumerate(panels):
         grid.paste(Image.fromarray(np.ascontiguousarray(arr)), (i * (c + pad), 0))
         draw.text((i * (c + pad) + 4, c + 3), name, fill="black", font=font)
+    return grid
+
+
+def detail_grid(parts: dict[str, np.ndarray], centres: dict[str, tuple[int, int]]) -> Image.Image:
+    """Close-ups (eye, mouth, hair edge: one row each) of bicubic, LapSRN, ours at strength 0 / 0.5 / 1 and the
+    target, enlarged `DETAIL_ZOOM` times with nearest-neighbour so that a grid is seen, not smoothed away."""
+    keys = [k for k in (label("bicubic", None), label("lapsrn", None), label("ours", 0.0), label("ours", 0.5),
+                        label("ours", 1.0), "target") if k in parts]
+    c, side, pad, text_h = DETAIL_CROP, DETAIL_CROP * DETAIL_ZOOM, 4, 20
+    grid = Image.new("RGB", (len(keys) * (side + pad) - pad, len(centres) * (side + pad) + text_h), "white")
+    draw = ImageDraw.Draw(grid)
+    font = label_font(14)
+    for j, key in enumerate(keys):
+        draw.text((j * (side + pad) + 4, 2), "Target" if key == "target" else key, fill="black", font=font)
+    for i, (region, (cx, cy)) in enumerate(centres.items()):
+        h, w = parts["target"].shape[:2]
+        x0, y0 = min(max(0, cx - c // 2), w - c), min(max(0, cy - c // 2), h - c)
+        for j, key in enumerate(keys):
+            crop = Image.fromarray(np.ascontiguousarray(parts[key][y0:y0 + c, x0:x0 + c]))
+            grid.paste(crop.resize((side, side), Image.NEAREST), (j * (side + pad), text_h + i * (side + pad)))
+        box = draw.textbbox((4, text_h + i * (side + pad) + 2), region, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill="white")
+        draw.text((4, text_h + i * (side + pad) + 2), region, fill="black", font=font)
     return grid
 
 
@@ -625,11 +659,19 @@ def write_samples(kept: dict, out_dir: Path) -> list[Path]:
         sample_grid(parts).save(path, optimize=True)
         written.append(path)
         lines.append(f"- `{path.name}`: portraits/valid/{name} — {credit(name)}")
+        if name in SAMPLE_DETAILS:
+            path = out_dir / f"{name}_x4_details.png"
+            detail_grid(parts, SAMPLE_DETAILS[name]).save(path, optimize=True)
+            written.append(path)
+            lines.append(f"- `{path.name}`: its eye, mouth and hair edge, {DETAIL_ZOOM}x enlarged")
     if written:
         (out_dir / "README.md").write_text(
-            "# Sample crops (x4, portraits512)\n\nEach row: the x4 input (nearest-neighbour), bicubic, LapSRN, "
-            "ours at strength 0 and 1, the target. Written by `python -m superres evaluate`; these are outputs of "
-            "the methods, made from validation portraits (never used in training):\n\n" + "\n".join(lines) + "\n")
+            "# Sample crops (x4, portraits512)\n\nEach `*_x4.png` row: the x4 input (nearest-neighbour), bicubic, "
+            "LapSRN, ours at strength 0 and 1, the target. Each `*_x4_details.png`: close-ups of an eye, the mouth "
+            f"and a hair edge ({DETAIL_CROP} px of the 512-px target, shown {DETAIL_ZOOM}x with nearest-neighbour so "
+            "a grid would show): bicubic, LapSRN, ours at strength 0, 0.5 and 1, the target. Written by "
+            "`python -m superres evaluate`; these are outputs of the methods, made from validation portraits (never "
+            "used in training):\n\n" + "\n".join(lines) + "\n")
     return written
 
 

@@ -109,11 +109,19 @@ def make_loss(kind: str = "auto") -> nn.Module:
 
 
 class LatticeLoss(nn.Module):
-    """Grid energy: how far the output's power at the lattice frequencies (multiples of 1/8 cycle per pixel,
-    where a PixelShuffle or strided grid of period 2, 4 or 8 shows) rises above the target's, in log10.
+    """Grid cost: how much more the output's power spectrum peaks at the lattice frequencies (multiples of 1/8
+    cycle per pixel, where a PixelShuffle or strided grid of period 2, 4 or 8 shows) than the target's does.
 
-    The differentiable counterpart of `superres.metrics.lattice` (issue 9): on luma, under a Hann window,
-    one-sided (only excess grid energy costs), averaged over the 63 bins and the batch."""
+    The differentiable counterpart of `superres.metrics.lattice` (issue 9), with the same prominence: mean power
+    of the bin's 3x3 neighbourhood over the median of its 9x9 one, on luma under a Hann window. One-sided (only
+    an excess costs), in log10: per image the mean over the 63 bins (a gradient for every bin) plus the worst bin
+    (what the measure reports), averaged over the batch.
+    A first version compared the bins' raw power; it ranked bicubic (a lattice of 12 by the measure) as
+    cleaner than our faithful network (6), because bicubic has little high-frequency power anywhere.
+
+    Use it in the GAN stage (measured on a lent H200, 700 steps of bs 48, weight 0.03: the GAN's lattice fell from
+    39 to 8 at 0.25 dB). In the faithful stage it taught the network to hide the peaks in added noise (the
+    lattice rose 6 -> 10, and -2.4 dB at weight 0.1); with the floor detached, to blur everything (lattice 14-35)."""
     name = "lattice"
 
     def forward(self, pred, target):
@@ -122,14 +130,18 @@ class LatticeLoss(nn.Module):
         yp, yt = yp[..., :n, :n], yt[..., :n, :n]
         win = torch.hann_window(n, periodic=False, device=yp.device, dtype=yp.dtype)
         win = win[:, None] * win[None, :]
-        def power(y):
-            return torch.fft.fft2((y - y.mean(dim=(-2, -1), keepdim=True)) * win).abs() ** 2
-        idx = torch.arange(8, device=yp.device) * (n // 8)
-        pp, pt = (power(y)[..., idx][..., idx, :] for y in (yp, yt))
-        excess = F.relu(torch.log10(pp + 1e-8) - torch.log10(pt + 1e-8))
-        mask = torch.ones(8, 8, device=yp.device)
-        mask[0, 0] = 0   # the mean is no grid
-        return (excess * mask).sum(dim=(-2, -1)).mean() / mask.sum()
+        bins = torch.arange(8, device=yp.device) * (n // 8)
+        near = (bins[:, None] + torch.arange(-4, 5, device=yp.device)) % n      # (8 bins, 9 neighbours)
+
+        def log_prominence(y):
+            power = torch.fft.fft2((y - y.mean(dim=(-2, -1), keepdim=True)) * win).abs() ** 2
+            patch = power[..., near[:, None, :, None], near[None, :, None, :]]   # (..., 8, 8, 9, 9)
+            centre = patch[..., 3:6, 3:6].mean(dim=(-2, -1))
+            median = patch.flatten(-2).median(dim=-1).values
+            return torch.log10(centre + 1e-10) - torch.log10(median + 1e-10)
+
+        excess = F.relu(log_prominence(yp) - log_prominence(yt)).flatten(-2)[..., 1:]   # bin (0, 0): the mean
+        return (excess.mean(dim=-1) + excess.max(dim=-1).values).mean()
 
 
 class WithLattice(nn.Module):

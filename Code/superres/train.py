@@ -191,13 +191,16 @@ class EMA(Callback):
 
     def before_fit(self):
         self.ema = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+        self.floats = [k for k, v in self.ema.items() if v.is_floating_point()]
 
     @torch.no_grad()
     def after_step(self):
-        for k, v in self.learn.model.state_dict().items():
-            if v.is_floating_point():
-                self.ema[k].lerp_(v.detach(), 1 - self.decay)
-            else:
+        state = self.learn.model.state_dict()
+        # one fused update for all float tensors (a per-tensor loop was ~5 ms a step on a GPU)
+        torch._foreach_lerp_([self.ema[k] for k in self.floats], [state[k].detach() for k in self.floats],
+                             1 - self.decay)
+        for k, v in state.items():
+            if not v.is_floating_point():
                 self.ema[k].copy_(v)
 
     def after_fit(self):
@@ -334,7 +337,8 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
                           extra_cbs=[EMA(cfg.ema)] if cfg.ema else [])
     save_network(model, out)
     run.finish_stage("generator", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gen, cfg.minutes_gen),
-                     params=n_params(model), loss=type(loss_func).__name__, ema=cfg.ema, init=cfg.init)
+                     params=n_params(model), loss=getattr(loss_func, "name", type(loss_func).__name__), ema=cfg.ema,
+                     init=cfg.init)
     return model
 
 
@@ -371,7 +375,7 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     started = time.time()
     gen = Generator(generator.cfg)
     gen.load_state_dict(generator.state_dict())
-    if cfg.lattice_weight:
+    if cfg.lattice_weight:   # GAN stage only: in the faithful stage it taught the network to add noise (issue 9)
         loss_func = WithLattice(loss_func, cfg.lattice_weight)
     learn_gen = run.learner(dls, gen, loss_func, bf16=False)
     learn_crit = critic_learner(run, dls)

@@ -98,6 +98,17 @@ def test_lr_making_and_sample_grid():
     assert grid.size[0] == 4 * 64 + 3 * 4 and grid.size[1] > 64
 
 
+def test_detail_grid_shows_each_region_enlarged_without_smoothing():
+    h = np.asarray(astronaut().resize((256, 256)))
+    parts = {"target": h, ev.label("bicubic", None): h[::-1].copy(), ev.label("ours", 0.5): h}
+    grid = np.asarray(ev.detail_grid(parts, {"eye": (100, 90), "corner": (0, 0)}))
+    c, side, pad, text_h = ev.DETAIL_CROP, ev.DETAIL_CROP * ev.DETAIL_ZOOM, 4, 20
+    assert grid.shape[:2] == (text_h + 2 * (side + pad), 3 * side + 2 * pad)
+    # third column (the target), second row (a corner, clamped into the image): nearest-neighbour enlargement
+    cell = grid[text_h + side + pad:text_h + 2 * side + pad, 2 * (side + pad):2 * (side + pad) + side]
+    assert np.array_equal(cell[40:, 40:], np.repeat(np.repeat(h[:c, :c], 2, 0), 2, 1)[40:, 40:])
+
+
 def test_targets_markdown_and_latex_from_rows():
     q = [{"set": "portraits512", "scale": 4, "method": "bicubic", "strength": None, "n_images": 3,
           "psnr_y": 34.0, "ssim_y": 0.9, "haarpsi": 0.8, "hf_ratio": 0.2},
@@ -211,5 +222,10 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     md = (out / "evaluation.md").read_text()
     assert "untrained" in md and "## Set5 ×4 (2 images)" in md
     assert len((out / "evaluation_per_image.csv").read_text().splitlines()) == 1 + 9 * 2 * 5
-    grids = sorted((out / "samples").glob("*.png"))
+    grids = sorted((out / "samples").glob("*_x4.png"))
     assert len(grids) == 2 and "CC BY 4.0" in (out / "samples" / "README.md").read_text()
+    # close-ups for the sampled faces whose eye / mouth / hair edge are known (frll_126_03 is among the first two)
+    details = sorted((out / "samples").glob("*_x4_details.png"))
+    assert [p.name for p in details] == [f"{g.stem}_details.png" for g in grids if g.stem[:-3] in ev.SAMPLE_DETAILS]
+    side = ev.DETAIL_CROP * ev.DETAIL_ZOOM   # three regions, one row each
+    assert details and all(Image.open(p).height == 20 + 3 * (side + 4) for p in details)

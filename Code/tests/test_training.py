@@ -68,6 +68,7 @@ def test_dataloaders_validation_is_deterministic(tmp_path):
     dls = sr_dataloaders(tmp_path, tmp_path, scale=2, hr_size=64, bs=2, repeats=2)
     xb, yb = dls.one_batch()
     assert xb.shape == (2, 3, 32, 32) and yb.shape == (2, 3, 64, 64)
+    assert xb.dtype == yb.dtype == torch.float32   # uint8 through the workers, floats in [0,1] per batch
     assert 0 <= xb.min() and xb.max() <= 1
     v1 = [b[0].clone() for b in dls.valid]
     v2 = [b[0].clone() for b in dls.valid]
