@@ -132,9 +132,16 @@ class ResumableCSVLogger(CSVLogger):
         super().__init__(fname=fname, append=start > 0)
         self.start = start
 
+    def before_fit(self):
+        if not self.start:
+            return super().before_fit()
+        # as CSVLogger's, but appending: the log has its header already (CSVLogger writes it here, not per line)
+        self.file = (self.path / self.fname).open("a")
+        self.old_logger, self.learn.logger = self.logger, self._write_line
+
     def _write_line(self, log):
         first = log[0] if len(log) else None
-        if self.start and (first == "epoch" or (isinstance(first, int) and first < self.start)):
+        if self.start and isinstance(first, int) and first < self.start:
             return
         super()._write_line(log)
 
