@@ -3,7 +3,7 @@
 `accelerate launch` starts N copies of `superres train`. Each fit runs inside fastai's `learn.distrib_ctx()`:
 its `DistributedTrainer` wraps the model in DistributedDataParallel and the data in `DistributedDL`, so each
 rank trains on its own share of every epoch's items (`--bs` is per process: the global batch is N x bs).
-Only rank 0 writes (fastai's `save_model` already skips other ranks; train.py guards the rest), and
+Only rank 0 writes (fastai's `save_model` already skips other ranks; train.py guards the rest), and fastai's
 `rank0_first` lets rank 0 create the run folder and fetch downloads before the others read them.
 
 What our stages need on top of fastai, all here:
@@ -26,8 +26,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback
-from fastai.distributed import DistributedDL, DistributedTrainer
-from fastai.distributed import rank0_first as fastai_rank0_first
+from fastai.distributed import DistributedDL, DistributedTrainer  # (fastai.distributed needs Accelerate)
 from fastai.torch_core import get_model, num_distrib, rank_distrib
 from fastai.vision.gan import GANModule
 from fastcore.basics import patch
@@ -49,12 +48,6 @@ def init_distributed(device: str) -> None:
     if distributed():
         from accelerate import PartialState
         PartialState(cpu=device == "cpu")
-
-
-def rank0_first(func, *args, **kwargs):
-    """fastai's `rank0_first`: rank 0 runs `func` first (makes a folder, downloads), then the other ranks.
-    In one process just `func` (fastai's would need Accelerate even there)."""
-    return fastai_rank0_first(func, *args, **kwargs) if distributed() else func(*args, **kwargs)
 
 
 def _comm_device() -> str:

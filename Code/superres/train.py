@@ -30,6 +30,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.training import GradientClip
 from fastai.callback.progress import CSVLogger
+from fastai.distributed import rank0_first
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import distrib_barrier, get_model, num_distrib
@@ -38,7 +39,7 @@ from fastai.vision.gan import (AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminat
 from torch import nn
 
 from .data import Degradation, sr_dataloaders
-from .distributed import ddp, from_rank0, init_distributed, is_main, rank0_first
+from .distributed import ddp, from_rank0, init_distributed, is_main
 from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, make_critic, n_params
