@@ -14,9 +14,9 @@ What our stages need on top of fastai, all here:
 * The GAN stage: fastai's `GANTrainer` calls `learn.model.switch`, which DDP does not pass on (patched onto
   DDP, as fastai does for `reset`); DDP only syncs the parameters that require grad when it wraps the model,
   and `GANTrainer` has frozen the generator by then (`AllTrainable` unfreezes it just before); each step
-  trains one of the two networks (`find_unused_parameters`); and `AdaptiveGANSwitcher` decides on the batch
-  loss, which differs between ranks: `AverageLoss` all-reduces it first, so every rank switches at the same
-  step (and the logged loss is the global batch's, as in one process).
+  trains one of the two networks (`find_unused_parameters`); and `AdaptiveGANSwitcher` decides on
+  `learn.loss`, each rank's own batch loss (fastai gathers only what it logs): `AverageLoss` all-reduces it
+  first, so every rank switches at the same step.
 * `from_rank0`: time-based decisions (`--minutes-gen`) follow rank 0's clock, so all ranks stop together.
 """
 from __future__ import annotations
