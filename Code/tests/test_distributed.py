@@ -1,6 +1,6 @@
 """`superres train` under `accelerate launch` on 2 CPU processes (gloo), for real, every stage and a resume.
 
-The generator trains for a 3 s budget (`--minutes-gen`), the critic 1 epoch, the GAN 2 epochs, then a resumed
+The generator trains for a 6 s budget (`--minutes-gen`), the critic 1 epoch, the GAN 2 epochs, then a resumed
 GAN epoch. `Code/tests/ddp_probe.py` is `python -m superres` plus a probe that records, per rank and per
 training step, which photos the batch came from and a fingerprint of the weights after the step. The photos are
 8 flat grey squares, so a crop tells which photo it came from; with `--repeats 1` and `--bs 2` each rank trains
@@ -21,7 +21,7 @@ PROBE = REPO / "Code" / "tests" / "ddp_probe.py"
 N_PHOTOS = 8
 TINY = ["--scale", "2", "--hr-size", "64", "--bs", "2", "--repeats", "1", "--widen", "0.25", "--nf", "8",
         "--trunk-blocks", "1", "--critic-nf", "16", "--loss", "weightfree", "--device", "cpu",
-        "--minutes-gen", "0.05", "--epochs-critic", "1", "--lr-critic", "1e-2", "--lr-gan", "1e-3"]
+        "--minutes-gen", "0.1", "--epochs-critic", "1", "--lr-critic", "1e-2", "--lr-gan", "1e-3"]
 # (the higher learning rates make the critic good enough within its few steps that the GAN switcher hands over
 # to the generator: the GAN stage then trains both networks)
 
@@ -71,7 +71,7 @@ def test_two_processes_train_every_stage_in_step_then_resume(tmp_path):
     rank0, rank1 = accelerate_launch(tmp_path, tmp_path / "probe1", *args, "--epochs-gan", "2")
     check_ranks_agree(rank0, rank1)
     models = [s["model"] for s in rank0]
-    n_gen = models.count("Generator")   # a 3 s budget (--minutes-gen): both ranks stopped at rank 0's step
+    n_gen = models.count("Generator")   # a 6 s budget (--minutes-gen): both ranks stopped at rank 0's step
     assert n_gen >= 2 and models == ["Generator"] * n_gen + ["Sequential"] * 2 + ["GANModule"] * 4  # 2 steps/epoch
     for fit in {s["fit"] for s in rank0}:
         fingerprints = [s["weights"] for s in rank0 if s["fit"] == fit]
