@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def distributed() -> bool:
-    """True in a process that `accelerate launch` (or torchrun) started as one of several."""
+    """True in a process that `accelerate launch` started as one of several."""
     return num_distrib() > 1
 
 
