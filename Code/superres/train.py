@@ -14,8 +14,8 @@ whose final weights exist is skipped. <run>/record.json keeps what was done and 
 On a CPU we train with bf16 autocast and channels_last (about 2x faster here); on a GPU with fastai's
 MixedPrecision (bf16) and channels_last. `--minutes-gen` / `--minutes-gan` train a stage for a wall-clock
 budget: the one-cycle schedule follows the elapsed time instead of the step count (for one-shot runs on lent
-GPUs). For several GPUs wrap `train` in fastai's `distrib_ctx` (`accelerate launch` +
-`with learn.distrib_ctx(): ...`), see fastai's distributed docs.
+GPUs). Under `accelerate launch --num_processes N` each fit runs in fastai's `distrib_ctx` (DDP, data
+sharded per rank) and only rank 0 writes: see distributed.py.
 """
 from __future__ import annotations
 
@@ -30,13 +30,16 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.training import GradientClip
 from fastai.callback.progress import CSVLogger
+from fastai.distributed import rank0_first
 from fastai.learner import Learner
 from fastai.optimizer import Adam
+from fastai.torch_core import distrib_barrier, get_model, num_distrib
 from fastai.vision.gan import (AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminativeLR, GANLearner,
                                accuracy_thresh_expand)
 from torch import nn
 
 from .data import Degradation, sr_dataloaders
+from .distributed import ddp, from_rank0, init_distributed, is_main
 from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, make_critic, n_params
@@ -120,9 +123,10 @@ class EpochCheckpoint(Callback):
         self.stage = stage
 
     def after_epoch(self):
-        self.learn.save(f"{self.stage}_last", with_opt=True)
-        (self.learn.path / self.learn.model_dir / f"{self.stage}_last.json").write_text(
-            json.dumps({"epoch": self.epoch}))
+        self.learn.save(f"{self.stage}_last", with_opt=True)   # fastai saves on rank 0 only
+        if is_main():
+            (self.learn.path / self.learn.model_dir / f"{self.stage}_last.json").write_text(
+                json.dumps({"epoch": self.epoch}))
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -132,9 +136,16 @@ class ResumableCSVLogger(CSVLogger):
         super().__init__(fname=fname, append=start > 0)
         self.start = start
 
+    def before_fit(self):
+        if not self.start:
+            return super().before_fit()
+        # as CSVLogger's, but appending: the log has its header already (CSVLogger writes it here, not per line)
+        self.file = (self.path / self.fname).open("a")
+        self.old_logger, self.learn.logger = self.logger, self._write_line
+
     def _write_line(self, log):
         first = log[0] if len(log) else None
-        if self.start and (first == "epoch" or (isinstance(first, int) and first < self.start)):
+        if self.start and isinstance(first, int) and first < self.start:
             return
         super()._write_line(log)
 
@@ -155,29 +166,34 @@ class StepTimer(Callback):
 class TimeBudget(Callback):
     """Train for `seconds` of wall-clock time: the schedule (one-cycle) follows the elapsed share of the
     budget instead of the step count, and the fit stops at the end of the epoch that would overrun it.
-    Use it with a large epoch count; an epoch longer than the budget is cut short."""
+    Use it with a large epoch count; an epoch longer than the budget is cut short. Under DDP every rank
+    follows rank 0's clock, so all of them stop at the same step."""
     order = 0   # after TrainEvalCallback (-10) updates pct_train, before ParamScheduler (60) reads it
 
     def __init__(self, seconds: float):
         self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return from_rank0(time.perf_counter() - self.t0)
 
     def before_fit(self):
         self.t0, self.epoch_s = time.perf_counter(), 0.0
 
     def before_batch(self):
         if self.training:
-            self.learn.pct_train = min((time.perf_counter() - self.t0) / self.seconds, 1.0)
+            self.learn.pct_train = min(self.elapsed() / self.seconds, 1.0)
 
     def after_batch(self):
-        if self.training and time.perf_counter() - self.t0 > self.seconds:
+        if self.training and self.elapsed() > self.seconds:
             raise CancelFitException()   # an epoch longer than the whole budget
 
     def before_epoch(self):
-        self.epoch_t0 = time.perf_counter()
+        self.epoch_t0 = self.elapsed()
 
     def after_epoch(self):
-        self.epoch_s = max(self.epoch_s, time.perf_counter() - self.epoch_t0)
-        if time.perf_counter() - self.t0 + self.epoch_s > self.seconds:
+        now = self.elapsed()
+        self.epoch_s = max(self.epoch_s, now - self.epoch_t0)
+        if now + self.epoch_s > self.seconds:
             raise CancelFitException()
 
 
@@ -190,12 +206,12 @@ class EMA(Callback):
         self.decay = decay
 
     def before_fit(self):
-        self.ema = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+        self.ema = {k: v.detach().clone() for k, v in get_model(self.learn.model).state_dict().items()}
         self.floats = [k for k, v in self.ema.items() if v.is_floating_point()]
 
     @torch.no_grad()
     def after_step(self):
-        state = self.learn.model.state_dict()
+        state = get_model(self.learn.model).state_dict()   # (get_model: without the DDP wrapper)
         # one fused update for all float tensors (a per-tensor loop was ~5 ms a step on a GPU)
         torch._foreach_lerp_([self.ema[k] for k in self.floats], [state[k].detach() for k in self.floats],
                              1 - self.decay)
@@ -222,6 +238,8 @@ class GeneratedVsReal(Callback):
 
 # ---- helpers ----------------------------------------------------------------------------------------
 def save_network(model: Generator, path):
+    if not is_main():   # under DDP every rank has the same weights; rank 0 writes them
+        return
     torch.save({"config": model.cfg.to_dict(), "model": {k: v.contiguous() for k, v in model.state_dict().items()}},
                path)
 
@@ -245,17 +263,20 @@ def fit_resumable(learn: Learner, name: str, epochs: int, lr, one_cycle: bool = 
         learn.load(f"{name}_last", with_opt=True)
         print(f"[{name}] resuming at epoch {start}/{epochs}")
     timer = StepTimer()
-    cbs = [EpochCheckpoint(name), ResumableCSVLogger(f"logs/{name}.csv", start), timer, *extra_cbs]
+    cbs = [EpochCheckpoint(name), timer, *extra_cbs]
+    if is_main():   # one log, written by rank 0
+        cbs.append(ResumableCSVLogger(f"logs/{name}.csv", start))
     if minutes > 0:
         if start:
             raise RuntimeError(f"[{name}] a time-budget stage cannot resume; delete {state} to start it again")
         epochs = 10_000
         cbs.append(TimeBudget(60 * minutes))
     if start < epochs:
-        if one_cycle:
-            learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
-        else:
-            learn.fit(epochs, lr, start_epoch=start, cbs=cbs)
+        with ddp(learn):
+            if one_cycle:
+                learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
+            else:
+                learn.fit(epochs, lr, start_epoch=start, cbs=cbs)
     return timer.times
 
 
@@ -265,8 +286,9 @@ class Run:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.path = Path(cfg.run_dir)
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (self.path / "logs").mkdir(parents=True, exist_ok=True)
+        if is_main():
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.path / "logs").mkdir(parents=True, exist_ok=True)
         self.record_path = self.path / "record.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {"stages": {}}
         self.record["config"] = cfg.to_dict()
@@ -276,7 +298,8 @@ class Run:
         return self.path / "checkpoints" / name
 
     def save_record(self):
-        self.record_path.write_text(json.dumps(self.record, indent=2, default=str))
+        if is_main():
+            self.record_path.write_text(json.dumps(self.record, indent=2, default=str))
 
     def learner(self, dls, model, loss_func, metrics=(), bf16=None, **kwargs) -> Learner:
         bf16 = self.cfg.bf16 if bf16 is None else bf16
@@ -331,7 +354,8 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
     learn = run.learner(dls, model, loss_func, metrics=[psnr_y, ssim_y])
     if cfg.pretrained and not cfg.init:  # the lesson's recipe: train the decoder first, then everything
         learn.freeze()
-        learn.fit_one_cycle(1, cfg.lr_gen)
+        with ddp(learn):
+            learn.fit_one_cycle(1, cfg.lr_gen)
         learn.unfreeze()
     times = fit_resumable(learn, "generator", cfg.epochs_gen, cfg.lr_gen, minutes=cfg.minutes_gen,
                           extra_cbs=[EMA(cfg.ema)] if cfg.ema else [])
@@ -360,7 +384,8 @@ def train_critic(run: Run, dls, generator: Generator) -> nn.Module:
     learn.add_cb(GeneratedVsReal(generator))
     times = fit_resumable(learn, "critic", cfg.epochs_critic, cfg.lr_critic)
     learn.remove_cb(GeneratedVsReal)
-    torch.save(learn.model.state_dict(), out)
+    if is_main():
+        torch.save(learn.model.state_dict(), out)
     learn.add_cb(GeneratedVsReal(generator))
     run.finish_stage("critic", learn, times, started, epochs=cfg.epochs_critic, params=n_params(learn.model))
     learn.remove_cb(GeneratedVsReal)
@@ -394,9 +419,11 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
 def train(cfg: TrainConfig, stages=STAGES) -> Run:
     """Run the stages in order, skipping finished ones."""
     torch.manual_seed(cfg.seed)
-    run = Run(cfg)
-    loss_func = make_loss(cfg.loss)
+    init_distributed(cfg.device)         # under `accelerate launch`; nothing in a single process
+    run = rank0_first(Run, cfg)          # rank 0 makes the folder and the record, then the others read them
+    loss_func = rank0_first(make_loss, cfg.loss)   # rank 0 downloads VGG weights (if any) first
     run.record["loss"] = loss_func.name
+    run.record["processes"] = max(num_distrib(), 1)
     run.record["degradation"] = {f"x{cfg.scale}": degradation(cfg).to_dict()}
     run.save_record()
     dls = dataloaders(cfg)
@@ -405,6 +432,7 @@ def train(cfg: TrainConfig, stages=STAGES) -> Run:
         critic = train_critic(run, dls, generator)
         if "gan" in stages:
             train_gan(run, dls, loss_func, generator, critic)
+    distrib_barrier()                    # every rank returns once rank 0 has written everything
     return run
 
 
