@@ -350,7 +350,7 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
         if model.cfg.scale != cfg.scale:
             raise ValueError(f"--init {cfg.init} is a x{model.cfg.scale} generator, not x{cfg.scale}")
     else:
-        model = Generator(cfg.generator, pretrained=cfg.pretrained)
+        model = rank0_first(Generator, cfg.generator, pretrained=cfg.pretrained)   # one ImageNet download
     learn = run.learner(dls, model, loss_func, metrics=[psnr_y, ssim_y])
     if cfg.pretrained and not cfg.init:  # the lesson's recipe: train the decoder first, then everything
         learn.freeze()
