@@ -7,8 +7,11 @@ Routes (the whole table is `ROUTES` below):
     /static/...         CSS and JS
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`). Settings come from the
-environment (see `Settings`). Inference runs in a thread pool of WORKERS threads off the event loop; at most
-QUEUE more requests wait, beyond that the answer is 429. Bad input always gets a 4xx JSON {"error": "..."}.
+environment (see `Settings`). Every image is a `Job` run by `Jobs`: WORKERS threads off the event loop, at most
+QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at the next tile when it is
+cancelled (the client hung up) or passes JOB_TIMEOUT_S. What an image costs is the network's padded, tiled input
+(`Enhancer.work`), not width x height, so thin strips cannot stall the worker. Bad input always gets a 4xx JSON
+{"error": "..."}; every response carries SECURITY_HEADERS.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import math
 import re
 import shutil
 import tarfile
@@ -25,12 +29,14 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -38,52 +44,62 @@ from starlette.templating import Jinja2Templates
 
 from superres import DEFAULT_MODEL_DIR, __version__
 from superres.imaging import ImageError, ImageTooLarge, encode_png, load_image, probe
-from superres.inference import Enhancer, ModelError, verify_model_dir
+from superres.inference import Cancelled, Enhancer, ModelError, verify_model_dir
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("superres.webapp")
 
 
 # ---- settings ------------------------------------------------------------------------------------------
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "superres" / "models"
+
+
 @dataclass
 class Settings:
-    """Everything configurable, read from the environment by `from_env` (names in capitals)."""
-    model_dir: Path = DEFAULT_MODEL_DIR   # MODEL_DIR: the model folder (ONNX generators + model_card.json)
-    model_url: str = ""                   # MODEL_URL: fetch a .zip/.tar.gz model folder at start-up instead
-    model_sha256: str = ""                # MODEL_SHA256: optional checksum of that archive
-    model_cache: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "superres-models")  # MODEL_CACHE
-    max_upload_mb: float = 20.0           # MAX_UPLOAD_MB: largest upload
-    max_input_mp: float = 16.0            # MAX_INPUT_MP: largest input image, megapixels
-    max_output_mp: float = 64.0           # MAX_OUTPUT_MP: largest result, megapixels (x4 of 2000x2000 = 64)
-    workers: int = 1                      # WORKERS: images enhanced at the same time
-    queue: int = 16                       # QUEUE: requests that may wait for a worker; more get 429
-    threads: int = 0                      # THREADS: ONNX Runtime threads per worker (0 = all cores)
-    tile: int | None = None               # TILE: tile size in input pixels (unset = automatic)
+    """Everything configurable, read from the environment by `from_env`: each field's name in capitals."""
+    model_dir: Path = DEFAULT_MODEL_DIR   # the model folder (ONNX generators + model_card.json)
+    model_url: str = ""                   # fetch a .zip/.tar.gz model folder at start-up instead
+    model_sha256: str = ""                # that archive's sha256; required with MODEL_URL ("skip": no check)
+    model_max_mb: float = 1024.0          # largest model archive, downloaded and unpacked
+    model_cache: Path = field(default_factory=_cache_dir)   # where it is unpacked (private to this user)
+    max_upload_mb: float = 20.0           # largest upload
+    max_input_mp: float = 16.0            # largest input image, megapixels (also bounds its padded, tiled work)
+    max_output_mp: float = 64.0           # largest result, megapixels (x4 of 2000x2000 = 64)
+    workers: int = 1                      # images enhanced at the same time
+    queue: int = 16                       # requests that may wait for a worker; more get 429
+    threads: int = 0                      # ONNX Runtime threads per worker (0 = all cores)
+    tile: int | None = None               # tile size in input pixels (unset = automatic)
+    job_timeout_s: float = 300.0          # a job running longer stops at its next tile
+    upload_timeout_s: float = 30.0        # an upload that sends nothing for this long is dropped (408)
+    max_connections: int = 64             # uvicorn's limit_concurrency: more connections get 503
+    keepalive_s: float = 5.0              # uvicorn's timeout_keep_alive: idle keep-alive connections close
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
         env = os.environ if env is None else env
         s = cls()
-        conv = {"MODEL_DIR": ("model_dir", Path), "MODEL_URL": ("model_url", str),
-                "MODEL_SHA256": ("model_sha256", str), "MODEL_CACHE": ("model_cache", Path),
-                "MAX_UPLOAD_MB": ("max_upload_mb", float), "MAX_INPUT_MP": ("max_input_mp", float),
-                "MAX_OUTPUT_MP": ("max_output_mp", float), "WORKERS": ("workers", int),
-                "QUEUE": ("queue", int), "THREADS": ("threads", int), "TILE": ("tile", int)}
-        for name, (attr, typ) in conv.items():
-            raw = env.get(name, "").strip()
+        for f in fields(cls):
+            raw = env.get(f.name.upper(), "").strip()
             if not raw:
                 continue
+            typ = {"Path": Path, "str": str, "float": float, "int": int, "int | None": int}[f.type]
             try:
-                setattr(s, attr, typ(raw))
+                setattr(s, f.name, typ(raw))
             except ValueError:
-                raise ValueError(f"{name}={raw!r} is not a valid {typ.__name__}") from None
-        if s.workers < 1 or s.queue < 0 or min(s.max_upload_mb, s.max_input_mp, s.max_output_mp) <= 0:
-            raise ValueError("WORKERS must be >= 1, QUEUE >= 0 and the MAX_* limits > 0")
+                raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {typ.__name__}") from None
+        if s.workers < 1 or s.queue < 0 or min(s.max_upload_mb, s.max_input_mp, s.max_output_mp, s.model_max_mb,
+                                               s.job_timeout_s, s.upload_timeout_s, s.max_connections) <= 0:
+            raise ValueError("WORKERS must be >= 1, QUEUE >= 0, and the MAX_* limits and timeouts > 0")
         return s
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def uvicorn(self) -> dict:
+        """The uvicorn settings that bound connections (`serve` passes them to uvicorn.run)."""
+        return {"limit_concurrency": self.max_connections, "timeout_keep_alive": self.keepalive_s}
 
 
 # ---- models: a local folder, or an archive fetched at start-up (as fastai's deploy template did) ---------
@@ -91,98 +107,182 @@ async def load_models(settings: Settings) -> Enhancer:
     """Fetch (if MODEL_URL) and load the models; raises ModelError with a message fit for the console."""
     model_dir = settings.model_dir
     if settings.model_url:
-        model_dir = await fetch_model(settings.model_url, settings.model_cache, settings.model_sha256)
+        model_dir = await fetch_model(settings.model_url, settings.model_cache, settings.model_sha256,
+                                      int(settings.model_max_mb * 1024 * 1024))
     return await asyncio.to_thread(Enhancer, model_dir, threads=settings.threads)
 
 
-async def fetch_model(url: str, cache: Path, sha256: str = "") -> Path:
-    """Download a .zip or .tar(.gz) holding a model folder, unpack it under `cache`, check it against its card."""
+async def fetch_model(url: str, cache: Path, sha256: str, max_bytes: int) -> Path:
+    """Download a .zip or .tar(.gz) holding a model folder, unpack it under `cache`, check it against its card.
+
+    The archive must have the sha256 given (or sha256="skip"), and neither it nor its contents may exceed
+    `max_bytes`. Temporary files get unique names in `cache`, which is created private (0700)."""
     import aiohttp
-    cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / "download.part"
-    digest = hashlib.sha256()
+    if not sha256:
+        raise ModelError("MODEL_URL needs MODEL_SHA256, the archive's sha256 (e.g. from `sha256sum model.zip`), so "
+                         "that the server runs the model you meant; MODEL_SHA256=skip runs it unchecked.")
+    limit = f"the {max_bytes / 1024 / 1024:g} MB limit (MODEL_MAX_MB)"
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, name = tempfile.mkstemp(dir=cache, suffix=".part")
+    archive = Path(name)
+    digest, size = hashlib.sha256(), 0
     log.info("fetching the model archive %s", url)
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(url) as resp:
+        with os.fdopen(fd, "wb") as f:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
                 if resp.status != 200:
                     raise ModelError(f"Could not download the model archive from {url}: HTTP {resp.status} {resp.reason}.")
-                with open(archive, "wb") as f:
-                    async for chunk in resp.content.iter_chunked(1 << 20):
-                        digest.update(chunk)
-                        f.write(chunk)
+                if (resp.content_length or 0) > max_bytes:
+                    raise ModelError(f"The model archive from {url} is {resp.content_length / 1e6:.0f} MB, over {limit}.")
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ModelError(f"The model archive from {url} is larger than {limit}.")
+                    digest.update(chunk)
+                    f.write(chunk)
+        if sha256.lower() != "skip" and digest.hexdigest() != sha256.lower():
+            raise ModelError(f"The model archive from {url} has sha256 {digest.hexdigest()}, not MODEL_SHA256={sha256}.")
+        dest = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        try:
+            _unpack(archive, tmp, max_bytes, limit)
+            cards = list(tmp.glob("model_card.json")) + list(tmp.glob("*/model_card.json"))
+            if len(cards) != 1:
+                raise ModelError(f"The archive from {url} does not hold one model folder (model_card.json + ONNX files).")
+            verify_model_dir(cards[0].parent)
+            shutil.rmtree(dest, ignore_errors=True)
+            cards[0].parent.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except aiohttp.ClientError as e:
         raise ModelError(f"Could not download the model archive from {url} ({e.__class__.__name__}: {e}).") from e
-    if sha256 and digest.hexdigest() != sha256.lower():
-        raise ModelError(f"The model archive from {url} has sha256 {digest.hexdigest()}, not MODEL_SHA256={sha256}.")
-    dest = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
-    tmp = Path(tempfile.mkdtemp(dir=cache))
-    try:
-        _unpack(archive, tmp)
-        cards = list(tmp.glob("model_card.json")) + list(tmp.glob("*/model_card.json"))
-        if len(cards) != 1:
-            raise ModelError(f"The archive from {url} does not hold one model folder (model_card.json + ONNX files).")
-        verify_model_dir(cards[0].parent)
-        shutil.rmtree(dest, ignore_errors=True)
-        cards[0].parent.rename(dest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink(missing_ok=True)
     log.info("model archive unpacked to %s and checked against its card", dest)
     return dest
 
 
-def _unpack(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar archive, refusing members that would land outside `dest`."""
+def _unpack(archive: Path, dest: Path, max_bytes: int, limit: str) -> None:
+    """Unpack a zip or tar archive, refusing members that would land outside `dest` and contents over `max_bytes`."""
     def safe(name: str) -> str:
         p = Path(name)
         if p.is_absolute() or ".." in p.parts:
             raise ModelError(f"The model archive has an unsafe member path {name!r}.")
         return name
+
+    def bounded(total: int):
+        if total > max_bytes:
+            raise ModelError(f"The model archive unpacks to {total / 1e6:.0f} MB, over {limit}.")
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():
                 safe(name)
+            bounded(sum(i.file_size for i in z.infolist()))
             z.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
             members = [m for m in t.getmembers() if (m.isfile() or m.isdir()) and safe(m.name)]
+            bounded(sum(m.size for m in members))
             t.extractall(dest, members=members, filter="data")
     else:
         raise ModelError("The model archive is neither a zip nor a tar file.")
 
 
-# ---- the worker pool ---------------------------------------------------------------------------------------
+# ---- jobs: every image goes through one queue ---------------------------------------------------------------
 class Busy(Exception):
     pass
 
 
-class Pool:
+@dataclass(eq=False)
+class Job:
+    """One image to enhance, from admission to its result or error. The worker thread writes the progress fields;
+    anyone may set `cancel`, and the job stops at its next tile."""
+    data: bytes | None
+    scale: int
+    strength: float
+    filename: str
+    state: str = "queued"               # queued | running | done | failed | cancelled
+    tiles_done: int = 0
+    tiles_total: int = 0
+    error: str | None = None
+    status: int = 200                   # the HTTP status of `error`
+    result: bytes | None = None
+    in_size: tuple = ()
+    out_size: tuple = ()
+    seconds: float = 0.0
+    deadline: float = math.inf
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, done: int, total: int) -> None:
+        """Called by the Enhancer before the first tile and after each one."""
+        self.tiles_done, self.tiles_total = done, total
+        if self.cancel.is_set() or time.monotonic() > self.deadline:
+            raise Cancelled()
+
+
+class Jobs:
     """WORKERS threads run jobs off the event loop; at most WORKERS + QUEUE jobs are admitted at a time."""
 
-    def __init__(self, workers: int, queue: int):
-        self.workers, self.capacity = workers, workers + queue
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="enhance")
-        self.admitted = 0          # running + waiting; changed only on the event loop
+    def __init__(self, enhancer: Enhancer, settings: Settings):
+        self.enhancer, self.settings = enhancer, settings
+        self.workers, self.capacity = settings.workers, settings.workers + settings.queue
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="enhance")
+        self.admitted = 0                # queued + running; changed only on the event loop
+        self.waiting: list[Job] = []     # queued jobs in order (the queue position), shared with the workers
         self.running = 0
         self._lock = threading.Lock()
 
-    async def run(self, fn, *args):
-        if self.admitted >= self.capacity:
+    def full(self) -> bool:
+        return self.admitted >= self.capacity
+
+    def submit(self, job: Job) -> asyncio.Future:
+        """Queue `job`; the future completes when it has finished (done, failed or cancelled)."""
+        if self.full():
             raise Busy()
         self.admitted += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
-        finally:
-            self.admitted -= 1
-
-    def _call(self, fn, args):
         with self._lock:
+            self.waiting.append(job)
+        future = asyncio.get_running_loop().run_in_executor(self.executor, self._run, job)
+        future.add_done_callback(lambda _: setattr(self, "admitted", self.admitted - 1))
+        return future
+
+    def position(self, job: Job) -> int:
+        """0 when running or finished; else 1 + the jobs ahead of it."""
+        with self._lock:
+            return self.waiting.index(job) + 1 if job in self.waiting else 0
+
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            self.waiting.remove(job)
             self.running += 1
+        job.state = "running"
+        job.deadline = time.monotonic() + self.settings.job_timeout_s
+        t0 = time.perf_counter()
         try:
-            return fn(*args)
+            job.progress(0, 0)                     # cancelled while it waited: nothing to do
+            img = load_image(job.data, int(self.settings.max_input_mp * 1e6))
+            job.in_size = img.size
+            out = self.enhancer.enhance(img, scale=job.scale, strength=job.strength, tile=self.settings.tile,
+                                        progress=job.progress)
+            job.result, job.out_size = encode_png(out), out.size
+            job.state = "done"
+        except Cancelled:
+            if job.cancel.is_set():
+                job.state = "cancelled"
+            else:
+                job.state, job.status = "failed", 503
+                job.error = (f"This image took longer than this server's {self.settings.job_timeout_s:g} s limit "
+                             "and was stopped. Choose ×2 or a smaller image.")
+        except ImageError as e:
+            job.state, job.status, job.error = "failed", e.status, str(e)
+        except Exception:
+            log.exception("enhancing %s failed", job.filename)
+            job.state, job.status = "failed", 500
+            job.error = "Something went wrong on the server while enhancing the image. Please try again."
         finally:
+            job.data = None                        # the upload is not needed any more
+            job.seconds = time.perf_counter() - t0
             with self._lock:
                 self.running -= 1
 
@@ -190,8 +290,129 @@ class Pool:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+# ---- reading a request into a job ---------------------------------------------------------------------------
+class UploadTooLarge(Exception):
+    pass
+
+
+class UploadStalled(Exception):
+    pass
+
+
+def _limited(receive, limit: int, idle_s: float):
+    """Wrap ASGI `receive`: more than `limit` body bytes raise UploadTooLarge, `idle_s` without data UploadStalled."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        try:
+            message = await asyncio.wait_for(receive(), idle_s)
+        except TimeoutError:
+            raise UploadStalled() from None
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise UploadTooLarge()
+        return message
+    return wrapped
+
+
+def _field(form, name: str, default, convert, message: str):
+    raw = form.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        raise HTTPException(400, message)
+    try:
+        value = convert(raw.strip())
+    except ValueError:
+        raise HTTPException(400, message) from None
+    return value
+
+
+def check_size(enhancer: Enhancer, s: Settings, w: int, h: int, scale: int) -> None:
+    """Refuse images whose result or whose work (padded, tiled) is over the limits, stating the limit."""
+    if w * h * scale * scale > s.max_output_mp * 1e6:
+        raise ImageTooLarge(
+            f"The result would be {w * scale}×{h * scale} = {w * h * scale * scale / 1e6:.1f} megapixels; "
+            f"the limit is {s.max_output_mp:g} megapixels. Choose ×2 or a smaller image.")
+    side = int(math.sqrt(s.max_input_mp * 1e6))
+    work = enhancer.work(w, h, s.tile)
+    if work > enhancer.work(side, side, s.tile):       # no image may cost more than the largest square one
+        raise ImageTooLarge(
+            f"The image is {w}×{h} pixels: so thin that, padded and cut into tiles, it is as much work as a "
+            f"{work / 1e6:.0f}-megapixel image; the limit is {s.max_input_mp:g} megapixels.")
+
+
+async def read_job(request: Request) -> Job:
+    """Parse and check an upload (multipart: file, scale, strength) into a Job; raises HTTPException (4xx/503)."""
+    st = request.app.state
+    s: Settings = st.settings
+    enhancer: Enhancer | None = st.enhancer
+    if enhancer is None:
+        raise HTTPException(503, "The models are still loading; try again in a moment.")
+    close = {"Connection": "close"}
+    if st.jobs.full():                                 # decided before the upload is read
+        raise HTTPException(429, BUSY, {"Retry-After": "30", **close})
+    too_big = f"The upload is larger than the {s.max_upload_mb:g} MB limit."
+    slack = 64 * 1024                                  # multipart boundaries and the other fields
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > s.max_upload_bytes + slack:
+        raise HTTPException(413, too_big, close)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(400, "Send the image as multipart/form-data with a field named 'file'.")
+    limited = Request(request.scope, _limited(request.receive, s.max_upload_bytes + slack, s.upload_timeout_s))
+    try:
+        async with limited.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, "No image received: send it in a form field named 'file'.")
+            scale = _field(form, "scale", 4, int, "scale must be 2 or 4.")
+            strength = _field(form, "strength", enhancer.default_strength, float,
+                              "strength must be a number between 0 and 1.")
+            filename = upload.filename or "image"
+            data = await upload.read()
+    except UploadTooLarge:
+        raise HTTPException(413, too_big, close) from None
+    except UploadStalled:
+        raise HTTPException(408, f"The upload stalled (nothing arrived for {s.upload_timeout_s:g} s).", close) from None
+    if scale not in enhancer.scales:
+        raise HTTPException(400, "scale must be " + " or ".join(map(str, enhancer.scales)) + ".")
+    if not 0.0 <= strength <= 1.0:                    # also refuses NaN
+        raise HTTPException(400, "strength must be a number between 0 and 1.")
+    if len(data) > s.max_upload_bytes:
+        raise HTTPException(413, too_big)
+    try:
+        w, h = probe(data, int(s.max_input_mp * 1e6))  # header only: cheap, so bad files never wait in the queue
+        check_size(enhancer, s, w, h, scale)
+    except ImageError as e:
+        raise HTTPException(e.status, str(e)) from None
+    return Job(data, scale, strength, filename)
+
+
+def download_name(job: Job) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(job.filename).stem)[:80] or "image"
+    return f"{stem}_x{job.scale}.png"
+
+
+def result_response(job: Job) -> Response:
+    return Response(job.result, media_type="image/png", headers={
+        "Content-Disposition": f'inline; filename="{download_name(job)}"',
+        "X-Input-Size": f"{job.in_size[0]}x{job.in_size[1]}",
+        "X-Output-Size": f"{job.out_size[0]}x{job.out_size[1]}",
+        "X-Strength": f"{Enhancer.round_strength(job.strength):.2f}",
+        "X-Processing-Seconds": f"{job.seconds:.2f}",
+    })
+
+
+async def _disconnected(receive) -> None:
+    """Return when the client hangs up (after the body, uvicorn's `receive` waits for exactly that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 # ---- endpoints ------------------------------------------------------------------------------------------
 templates = Jinja2Templates(directory=HERE / "templates")
+BUSY = "The server is busy with other images; please try again in a minute."
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -213,7 +434,7 @@ async def index(request: Request):
 async def healthz(request: Request):
     st = request.app.state
     card = st.enhancer.card if st.enhancer else {}
-    pool: Pool | None = st.pool
+    jobs: Jobs | None = st.jobs
     return JSONResponse({
         "status": "ok" if st.enhancer else "loading",
         "models_loaded": st.enhancer is not None,
@@ -221,107 +442,36 @@ async def healthz(request: Request):
                   "scales": st.enhancer.scales if st.enhancer else [],
                   "default_strength": st.enhancer.default_strength if st.enhancer else None},
         "version": __version__,
-        "workers": pool.workers if pool else 0,
-        "running": pool.running if pool else 0,
-        "waiting": max(0, pool.admitted - pool.running) if pool else 0,
-        "capacity": pool.capacity if pool else 0,
+        "workers": jobs.workers if jobs else 0,
+        "running": jobs.running if jobs else 0,
+        "waiting": max(0, jobs.admitted - jobs.running) if jobs else 0,
+        "capacity": jobs.capacity if jobs else 0,
     })
-
-
-class UploadTooLarge(Exception):
-    pass
-
-
-def _limited(receive, limit: int):
-    """Wrap ASGI `receive` so that reading more than `limit` body bytes raises UploadTooLarge."""
-    seen = 0
-
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise UploadTooLarge()
-        return message
-    return wrapped
-
-
-def _field(form, name: str, default, convert, message: str):
-    raw = form.get(name)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return default
-    if not isinstance(raw, str):
-        raise HTTPException(400, message)
-    try:
-        value = convert(raw.strip())
-    except ValueError:
-        raise HTTPException(400, message) from None
-    return value
 
 
 async def enhance(request: Request):
-    st = request.app.state
-    s: Settings = st.settings
-    enhancer: Enhancer | None = st.enhancer
-    if enhancer is None:
-        return error(503, "The models are still loading; try again in a moment.")
-    too_big = f"The upload is larger than the {s.max_upload_mb:g} MB limit."
-    slack = 64 * 1024                                  # multipart boundaries and the other fields
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > s.max_upload_bytes + slack:
-        return error(413, too_big, {"Connection": "close"})
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return error(400, "Send the image as multipart/form-data with a field named 'file'.")
-    request = Request(request.scope, _limited(request.receive, s.max_upload_bytes + slack))
+    """POST /api/enhance: the result in the response. A client that hangs up cancels its job (next tile)."""
     try:
-        async with request.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "No image received: send it in a form field named 'file'.")
-            scale = _field(form, "scale", 4, int, "scale must be 2 or 4.")
-            strength = _field(form, "strength", enhancer.default_strength, float,
-                              "strength must be a number between 0 and 1.")
-            filename = upload.filename or "image"
-            data = await upload.read()
-    except UploadTooLarge:
-        return error(413, too_big, {"Connection": "close"})
-    if scale not in enhancer.scales:
-        return error(400, "scale must be " + " or ".join(map(str, enhancer.scales)) + ".")
-    if not 0.0 <= strength <= 1.0:                    # also refuses NaN
-        return error(400, "strength must be a number between 0 and 1.")
-    if len(data) > s.max_upload_bytes:
-        return error(413, too_big)
-    max_in = int(s.max_input_mp * 1e6)
+        job = await read_job(request)
+    except ClientDisconnect:
+        log.info("a client hung up during its upload")
+        return error(400, "The upload was interrupted.")
     try:
-        w, h = probe(data, max_in)                     # header only: cheap, so bad files never wait in the queue
-        if w * h * scale * scale > s.max_output_mp * 1e6:
-            raise ImageTooLarge(
-                f"The result would be {w * scale}×{h * scale} = {w * h * scale * scale / 1e6:.1f} megapixels; "
-                f"the limit is {s.max_output_mp:g} megapixels. Choose ×2 or a smaller image.")
-    except ImageError as e:
-        return error(e.status, str(e))
-
-    def job():
-        t0 = time.perf_counter()
-        img = load_image(data, max_in)
-        out = enhancer.enhance(img, scale=scale, strength=strength, tile=s.tile)
-        png = encode_png(out)
-        return png, img.size, out.size, time.perf_counter() - t0
-
-    try:
-        png, in_size, out_size, seconds = await st.pool.run(job)
+        future = request.app.state.jobs.submit(job)
     except Busy:
-        return error(429, "The server is busy with other images; please try again in a minute.", {"Retry-After": "30"})
-    except ImageError as e:
-        return error(e.status, str(e))
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).stem)[:80] or "image"
-    return Response(png, media_type="image/png", headers={
-        "Content-Disposition": f'inline; filename="{stem}_x{scale}.png"',
-        "X-Input-Size": f"{in_size[0]}x{in_size[1]}",
-        "X-Output-Size": f"{out_size[0]}x{out_size[1]}",
-        "X-Strength": f"{Enhancer.round_strength(strength):.2f}",
-        "X-Processing-Seconds": f"{seconds:.2f}",
-    })
+        return error(429, BUSY, {"Retry-After": "30"})
+    hangup = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({future, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+    if not future.done():
+        job.cancel.set()
+        log.info("the client of %s hung up; its job stops at the next tile", job.filename)
+        return error(400, "The client hung up.")
+    if job.state != "done":
+        return error(job.status, job.error or "The job was cancelled.")
+    return result_response(job)
 
 
 async def http_error(request: Request, exc: HTTPException):
@@ -331,6 +481,33 @@ async def http_error(request: Request, exc: HTTPException):
 async def server_error(request: Request, exc: Exception):
     log.exception("unexpected error on %s", request.url.path)
     return error(500, "Something went wrong on the server while enhancing the image. Please try again.")
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware that adds SECURITY_HEADERS to every response (pure ASGI: `receive` is left alone, so
+    disconnects still reach the endpoints)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+        await self.app(scope, receive, send_with_headers)
 
 
 ROUTES = [
@@ -344,21 +521,21 @@ ROUTES = [
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette):
     st = app.state
-    st.pool = Pool(st.settings.workers, st.settings.queue)
     if st.enhancer is None:
         st.enhancer = await load_models(st.settings)
+    st.jobs = Jobs(st.enhancer, st.settings)
     log.info("models loaded from %s (%s)", st.enhancer.model_dir, st.enhancer.card.get("name"))
     try:
         yield
     finally:
-        st.pool.shutdown()
+        st.jobs.shutdown()
 
 
 def create_app(settings: Settings | None = None, enhancer: Enhancer | None = None) -> Starlette:
     """The ASGI app. Pass an already loaded `enhancer` to skip loading at start-up (as `serve` does)."""
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)],
                     exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.settings = settings or Settings.from_env()
     app.state.enhancer = enhancer
-    app.state.pool = None
+    app.state.jobs = None
     return app
