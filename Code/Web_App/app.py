@@ -1,17 +1,23 @@
 """The web app: a select-and-enhance page and its API (Starlette + Jinja2, served by uvicorn).
 
 Routes (the whole table is `ROUTES` below):
-    GET  /              the page
-    POST /api/enhance   multipart: file, scale (2|4, default 4), strength (0..1) -> image/png
-    GET  /healthz       JSON: status, models loaded, version, queue
-    /static/...         CSS and JS
+    GET    /                      the page
+    POST   /api/enhance           multipart: file, scale (2|4, default 4), strength (0..1), format (png|webp|jpeg),
+                                  quality (1..100; webp without it is lossless) -> the image
+    POST   /api/jobs              the same fields -> 202 {"id", "status_url", "result_url"}
+    GET    /api/jobs/{id}         {"state", "progress", "tiles_done", "tiles_total", "queue_position", "error"}
+    GET    /api/jobs/{id}/result  the image (409 until the job is done)
+    DELETE /api/jobs/{id}         cancel (the job stops at its next tile) or, once finished, forget it
+    GET    /healthz               JSON: status, models loaded, version, queue
+    /static/..., /favicon.ico     CSS, JS, icons
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`). Settings come from the
 environment (see `Settings`). Every image is a `Job` run by `Jobs`: WORKERS threads off the event loop, at most
 QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at the next tile when it is
 cancelled (the client hung up) or passes JOB_TIMEOUT_S. What an image costs is the network's padded, tiled input
 (`Enhancer.work`), not width x height, so thin strips cannot stall the worker. Bad input always gets a 4xx JSON
-{"error": "..."}; every response carries SECURITY_HEADERS.
+{"error": "..."}; every response carries SECURITY_HEADERS. Finished jobs are kept JOB_TTL_S for their clients, their results
+at most MAX_RESULTS_MB together (the oldest go first).
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import logging
 import os
 import math
 import re
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -37,13 +44,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from superres import DEFAULT_MODEL_DIR, __version__
-from superres.imaging import ImageError, ImageTooLarge, encode_png, load_image, probe
+from superres.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, encode, load_image, probe
 from superres.inference import Cancelled, Enhancer, ModelError, verify_model_dir
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +81,8 @@ class Settings:
     upload_timeout_s: float = 30.0        # an upload that sends nothing for this long is dropped (408)
     max_connections: int = 64             # uvicorn's limit_concurrency: more connections get 503
     keepalive_s: float = 5.0              # uvicorn's timeout_keep_alive: idle keep-alive connections close
+    job_ttl_s: float = 600.0              # /api/jobs: a finished job is kept this long for its client
+    max_results_mb: float = 512.0         # /api/jobs: results kept at most (the oldest are dropped first)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -89,7 +98,8 @@ class Settings:
             except ValueError:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {typ.__name__}") from None
         if s.workers < 1 or s.queue < 0 or min(s.max_upload_mb, s.max_input_mp, s.max_output_mp, s.model_max_mb,
-                                               s.job_timeout_s, s.upload_timeout_s, s.max_connections) <= 0:
+                                               s.job_timeout_s, s.upload_timeout_s, s.max_connections, s.job_ttl_s,
+                                               s.max_results_mb) <= 0:
             raise ValueError("WORKERS must be >= 1, QUEUE >= 0, and the MAX_* limits and timeouts > 0")
         return s
 
@@ -202,6 +212,9 @@ class Job:
     scale: int
     strength: float
     filename: str
+    format: str = "png"                 # a key of OUTPUT_FORMATS
+    quality: int | None = None
+    id: str = field(default_factory=lambda: secrets.token_urlsafe(18))   # unguessable
     state: str = "queued"               # queued | running | done | failed | cancelled
     tiles_done: int = 0
     tiles_total: int = 0
@@ -212,7 +225,12 @@ class Job:
     out_size: tuple = ()
     seconds: float = 0.0
     deadline: float = math.inf
+    finished: float = math.inf          # time.monotonic() when it ended
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def over(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
 
     def progress(self, done: int, total: int) -> None:
         """Called by the Enhancer before the first tile and after each one."""
@@ -232,6 +250,7 @@ class Jobs:
         self.waiting: list[Job] = []     # queued jobs in order (the queue position), shared with the workers
         self.running = 0
         self._lock = threading.Lock()
+        self.kept: dict[str, Job] = {}   # /api/jobs: by id, until they expire
 
     def full(self) -> bool:
         return self.admitted >= self.capacity
@@ -247,10 +266,35 @@ class Jobs:
         future.add_done_callback(lambda _: setattr(self, "admitted", self.admitted - 1))
         return future
 
+    def keep(self, job: Job) -> None:
+        self.expire()
+        self.kept[job.id] = job
+
+    def get(self, job_id: str) -> Job | None:
+        self.expire()
+        return self.kept.get(job_id)
+
+    def expire(self) -> None:
+        """Forget jobs finished more than JOB_TTL_S ago, then the oldest finished ones while their results are
+        over MAX_RESULTS_MB together (the newest result is always kept)."""
+        now = time.monotonic()
+        for job in [j for j in self.kept.values() if now - j.finished > self.settings.job_ttl_s]:
+            del self.kept[job.id]
+        done = sorted((j for j in self.kept.values() if j.result is not None), key=lambda j: j.finished)
+        total = sum(len(j.result) for j in done)
+        for job in done[:-1]:
+            if total <= self.settings.max_results_mb * 1024 * 1024:
+                break
+            total -= len(job.result)
+            del self.kept[job.id]
+
     def position(self, job: Job) -> int:
-        """0 when running or finished; else 1 + the jobs ahead of it."""
+        """0 when running, finished or cancelled; else 1 + the jobs still to run ahead of it."""
+        if job.cancel.is_set():
+            return 0
         with self._lock:
-            return self.waiting.index(job) + 1 if job in self.waiting else 0
+            live = [j for j in self.waiting if not j.cancel.is_set()]
+        return live.index(job) + 1 if job in live else 0
 
     def _run(self, job: Job) -> None:
         with self._lock:
@@ -265,7 +309,7 @@ class Jobs:
             job.in_size = img.size
             out = self.enhancer.enhance(img, scale=job.scale, strength=job.strength, tile=self.settings.tile,
                                         progress=job.progress)
-            job.result, job.out_size = encode_png(out), out.size
+            job.result, job.out_size = encode(out, job.format, job.quality), out.size
             job.state = "done"
         except Cancelled:
             if job.cancel.is_set():
@@ -283,10 +327,21 @@ class Jobs:
         finally:
             job.data = None                        # the upload is not needed any more
             job.seconds = time.perf_counter() - t0
+            job.finished = time.monotonic()
             with self._lock:
                 self.running -= 1
 
+    def view(self, job: Job) -> dict:
+        """What GET /api/jobs/{id} answers."""
+        total = job.tiles_total
+        return {"id": job.id, "state": job.state,
+                "progress": 1.0 if job.state == "done" else round(job.tiles_done / total, 4) if total else 0.0,
+                "tiles_done": job.tiles_done, "tiles_total": total, "queue_position": self.position(job),
+                "error": job.error}
+
     def shutdown(self):
+        for job in self.kept.values():
+            job.cancel.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -369,6 +424,9 @@ async def read_job(request: Request) -> Job:
             scale = _field(form, "scale", 4, int, "scale must be 2 or 4.")
             strength = _field(form, "strength", enhancer.default_strength, float,
                               "strength must be a number between 0 and 1.")
+            fmt = _field(form, "format", "png", str.lower, "format must be png, webp or jpeg.")
+            fmt = {"jpg": "jpeg"}.get(fmt, fmt)
+            quality = _field(form, "quality", None, int, "quality must be a whole number from 1 to 100.")
             filename = upload.filename or "image"
             data = await upload.read()
     except UploadTooLarge:
@@ -379,6 +437,10 @@ async def read_job(request: Request) -> Job:
         raise HTTPException(400, "scale must be " + " or ".join(map(str, enhancer.scales)) + ".")
     if not 0.0 <= strength <= 1.0:                    # also refuses NaN
         raise HTTPException(400, "strength must be a number between 0 and 1.")
+    if fmt not in OUTPUT_FORMATS:
+        raise HTTPException(400, "format must be " + ", ".join(OUTPUT_FORMATS) + ".")
+    if quality is not None and not 1 <= quality <= 100:
+        raise HTTPException(400, "quality must be a whole number from 1 to 100.")
     if len(data) > s.max_upload_bytes:
         raise HTTPException(413, too_big)
     try:
@@ -386,16 +448,16 @@ async def read_job(request: Request) -> Job:
         check_size(enhancer, s, w, h, scale)
     except ImageError as e:
         raise HTTPException(e.status, str(e)) from None
-    return Job(data, scale, strength, filename)
+    return Job(data, scale, strength, filename, fmt, quality)
 
 
 def download_name(job: Job) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(job.filename).stem)[:80] or "image"
-    return f"{stem}_x{job.scale}.png"
+    return f"{stem}_x{job.scale}.{OUTPUT_FORMATS[job.format][2]}"
 
 
 def result_response(job: Job) -> Response:
-    return Response(job.result, media_type="image/png", headers={
+    return Response(job.result, media_type=OUTPUT_FORMATS[job.format][1], headers={
         "Content-Disposition": f'inline; filename="{download_name(job)}"',
         "X-Input-Size": f"{job.in_size[0]}x{job.in_size[1]}",
         "X-Output-Size": f"{job.out_size[0]}x{job.out_size[1]}",
@@ -474,6 +536,57 @@ async def enhance(request: Request):
     return result_response(job)
 
 
+async def create_job(request: Request):
+    """POST /api/jobs: queue the image, answer at once; the client polls the status and fetches the result."""
+    jobs: Jobs = request.app.state.jobs
+    job = await read_job(request)
+    try:
+        jobs.submit(job)
+    except Busy:
+        return error(429, BUSY, {"Retry-After": "30"})
+    jobs.keep(job)
+    status_url = request.url_for("job_status", job_id=job.id).path
+    return JSONResponse({"id": job.id, "status_url": status_url, "result_url": status_url + "/result"},
+                        status_code=202, headers={"Location": status_url})
+
+
+def _job(request: Request) -> Job:
+    job = request.app.state.jobs.get(request.path_params["job_id"])
+    if job is None:
+        raise HTTPException(404, "There is no such job: it never existed, was deleted or has expired.")
+    return job
+
+
+async def job_status(request: Request):
+    return JSONResponse(request.app.state.jobs.view(_job(request)))
+
+
+async def job_result(request: Request):
+    job = _job(request)
+    if job.state != "done":
+        why = f": {job.error}" if job.error else "."
+        raise HTTPException(409, f"The job has no result; it is {job.state}{why}")
+    return result_response(job)
+
+
+async def delete_job(request: Request):
+    """Cancel a queued or running job (202 while a running one reaches its next tile), or forget a finished one."""
+    jobs: Jobs = request.app.state.jobs
+    job = _job(request)
+    if job.over:
+        del jobs.kept[job.id]
+        return JSONResponse(jobs.view(job))
+    job.cancel.set()
+    if job.state == "queued":
+        job.state = "cancelled"             # its worker will skip it
+        return JSONResponse(jobs.view(job))
+    return JSONResponse(jobs.view(job), status_code=202)
+
+
+async def favicon(request: Request):
+    return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon")
+
+
 async def http_error(request: Request, exc: HTTPException):
     return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "Bad request.", exc.headers)
 
@@ -514,6 +627,11 @@ ROUTES = [
     Route("/", index, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/api/enhance", enhance, methods=["POST"]),
+    Route("/api/jobs", create_job, methods=["POST"]),
+    Route("/api/jobs/{job_id}", job_status, methods=["GET"], name="job_status"),
+    Route("/api/jobs/{job_id}", delete_job, methods=["DELETE"]),
+    Route("/api/jobs/{job_id}/result", job_result, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
 ]
 

@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .imaging import EXTENSIONS, ImageError, load_image, save
+from .imaging import EXTENSIONS, ImageError, load_image, save, save_options
 from .inference import DEFAULT_TILE_PAD, Enhancer, ModelError
 
 OUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
@@ -39,6 +39,8 @@ def add_arguments(p):
     p.add_argument("--suffix", default="", help="added to output names: face.jpg -> face_<suffix>.png")
     p.add_argument("--ext", default="auto", choices=["auto", *OUT_FORMATS],
                    help="output format; auto = PNG (lossless, keeps alpha and the ICC profile)")
+    p.add_argument("-q", "--quality", type=int, default=None,
+                   help="1-100 for jpg (default 95) and webp (default: lossless)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     p.add_argument("--model-dir", default=None, help="model folder (default: the models shipped in superres/default_model)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
@@ -76,6 +78,8 @@ def run(args) -> int:
         return fail(f"{src} does not exist")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         return fail(f"--strength must be between 0 and 1, got {args.strength}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        return fail(f"--quality must be between 1 and 100, got {args.quality}")
     inputs = list_inputs(src)
     if not inputs:
         return fail(f"no images ({', '.join(EXTENSIONS)}) in {src}")
@@ -98,6 +102,7 @@ def run(args) -> int:
     except ModelError as e:
         return fail(str(e))
     fmt = OUT_FORMATS.get(args.ext, "PNG")
+    options = save_options(fmt, args.quality)
 
     from tqdm import tqdm
     failed = written = 0
@@ -110,7 +115,7 @@ def run(args) -> int:
                 img = load_image(path)
                 out = enhancer.enhance(img, scale=args.scale, strength=args.strength, tile=args.tile,
                                        tile_pad=args.tile_pad)
-                save(out, dest, fmt)
+                save(out, dest, fmt, **options)
             except (ImageError, OSError) as e:
                 failed += 1
                 tqdm.write(f"skipped {path}: {e}", file=sys.stderr)

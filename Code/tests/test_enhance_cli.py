@@ -141,3 +141,19 @@ def test_ctrl_c_leaves_only_whole_files(untrained_model_dir, tmp_path):
     for p in files:
         Image.open(p).load()                        # each one whole
     assert len(files) < 8
+
+
+def test_webp_lossless_by_default_and_quality(untrained_model_dir, photos, tmp_path):
+    """--ext webp is lossless (the PNG's pixels); -q makes WebP and JPEG lossy at that quality (issue 12)."""
+    import numpy as np
+    runs = {"png": (), "webp": ("--ext", "webp"), "webp_q": ("--ext", "webp", "-q", "60"), "jpg_q": ("--ext", "jpg", "-q", "40")}
+    outs = {}
+    for name, extra in runs.items():
+        res = enhance("-i", photos / "astro.png", "-o", tmp_path / name, "-s", "2", *extra, "--model-dir", untrained_model_dir)
+        assert res.returncode == 0, res.stderr
+        outs[name] = next((tmp_path / name).iterdir())
+    pixels = {k: np.asarray(Image.open(p).convert("RGB")).astype(int) for k, p in outs.items()}
+    assert np.array_equal(pixels["webp"], pixels["png"])
+    assert 0 < np.abs(pixels["webp_q"] - pixels["png"]).mean() < 8 and 0 < np.abs(pixels["jpg_q"] - pixels["png"]).mean() < 8
+    res = enhance("-i", photos / "astro.png", "-o", tmp_path / "bad", "-q", "0", "--model-dir", untrained_model_dir)
+    assert res.returncode == 2 and "--quality" in res.stderr
