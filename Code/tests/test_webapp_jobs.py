@@ -188,3 +188,18 @@ def test_favicon(server):
     r = httpx.get(server + "/favicon.ico")
     assert r.status_code == 200 and r.headers["content-type"] == "image/x-icon"
     assert Image.open(io.BytesIO(r.content)).format == "ICO"
+
+
+def test_a_full_queue_answers_429(server):
+    """WORKERS=1 + QUEUE=8 jobs admitted; the next one is refused at once, and cancelling them all frees it."""
+    big = photo(1000)
+    jobs = [submit(server, big, scale=4) for _ in range(9)]
+    r = httpx.post(server + "/api/jobs", files={"file": ("x.png", photo(32))})
+    assert r.status_code == 429 and "busy" in r.json()["error"] and r.headers["retry-after"]
+    for job in jobs:
+        assert httpx.delete(server + job["status_url"]).status_code in (200, 202)
+    assert all(wait_for(server, job, timeout=30)[-1]["state"] == "cancelled" for job in jobs)
+    deadline = time.monotonic() + 10
+    while httpx.get(server + "/healthz").json()["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wait_for(server, submit(server, photo(32), scale=2))[-1]["state"] == "done"
