@@ -125,14 +125,15 @@ def test_ctrl_c_leaves_only_whole_files(untrained_model_dir, tmp_path):
     import time
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    for i in range(8):
-        astronaut().resize((320 + 8 * i, 320)).save(src / f"p{i}.png")
+    for i in range(8):                              # ~1 s each on 2 cores: time to interrupt after the first
+        astronaut().resize((640 + 8 * i, 640)).save(src / f"p{i}.png")
     proc = subprocess.Popen([sys.executable, "-m", "superres", "enhance", "-i", src, "-o", out, "-s", "2",
                              "--model-dir", untrained_model_dir], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
