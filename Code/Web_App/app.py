@@ -12,12 +12,13 @@ Routes (the whole table is `ROUTES` below):
     /static/..., /favicon.ico     CSS, JS, icons
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`). Settings come from the
-environment (see `Settings`). Every image is a `Job` run by `Jobs`: WORKERS threads off the event loop, at most
-QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at the next tile when it is
-cancelled (the client hung up) or passes JOB_TIMEOUT_S. What an image costs is the network's padded, tiled input
-(`Enhancer.work`), not width x height, so thin strips cannot stall the worker. Bad input always gets a 4xx JSON
-{"error": "..."}; every response carries SECURITY_HEADERS. Finished jobs are kept JOB_TTL_S for their clients, their results
-at most MAX_RESULTS_MB together (the oldest go first).
+environment (see `Settings`). Every image is a `Job` run by `Jobs` (superres.jobs): WORKERS threads off the
+event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at its
+next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
+image costs is the network's padded, tiled input (`Enhancer.work`), not width x height, so thin strips cannot
+stall the worker. Finished jobs are kept JOB_TTL_S for their clients, their results at most MAX_RESULTS_MB
+together (the oldest go first). Bad input always gets a 4xx JSON {"error": "..."}; every response carries
+SECURITY_HEADERS.
 """
 from __future__ import annotations
 
@@ -28,14 +29,10 @@ import logging
 import os
 import math
 import re
-import secrets
 import shutil
 import tarfile
 import tempfile
-import threading
-import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -50,8 +47,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from superres import DEFAULT_MODEL_DIR, __version__
-from superres.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, encode, load_image, probe
-from superres.inference import Cancelled, Enhancer, ModelError, verify_model_dir
+from superres.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
+from superres.inference import Enhancer, ModelError, verify_model_dir
+from superres.jobs import Busy, Job, Jobs
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("superres.webapp")
@@ -197,152 +195,6 @@ def _unpack(archive: Path, dest: Path, max_bytes: int, limit: str) -> None:
             t.extractall(dest, members=members, filter="data")
     else:
         raise ModelError("The model archive is neither a zip nor a tar file.")
-
-
-# ---- jobs: every image goes through one queue ---------------------------------------------------------------
-class Busy(Exception):
-    pass
-
-
-@dataclass(eq=False)
-class Job:
-    """One image to enhance, from admission to its result or error. The worker thread writes the progress fields;
-    anyone may set `cancel`, and the job stops at its next tile."""
-    data: bytes | None
-    scale: int
-    strength: float
-    filename: str
-    format: str = "png"                 # a key of OUTPUT_FORMATS
-    quality: int | None = None
-    id: str = field(default_factory=lambda: secrets.token_urlsafe(18))   # unguessable
-    state: str = "queued"               # queued | running | done | failed | cancelled
-    tiles_done: int = 0
-    tiles_total: int = 0
-    error: str | None = None
-    status: int = 200                   # the HTTP status of `error`
-    result: bytes | None = None
-    in_size: tuple = ()
-    out_size: tuple = ()
-    seconds: float = 0.0
-    deadline: float = math.inf
-    finished: float = math.inf          # time.monotonic() when it ended
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def over(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    def progress(self, done: int, total: int) -> None:
-        """Called by the Enhancer before the first tile and after each one."""
-        self.tiles_done, self.tiles_total = done, total
-        if self.cancel.is_set() or time.monotonic() > self.deadline:
-            raise Cancelled()
-
-
-class Jobs:
-    """WORKERS threads run jobs off the event loop; at most WORKERS + QUEUE jobs are admitted at a time."""
-
-    def __init__(self, enhancer: Enhancer, settings: Settings):
-        self.enhancer, self.settings = enhancer, settings
-        self.workers, self.capacity = settings.workers, settings.workers + settings.queue
-        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="enhance")
-        self.admitted = 0                # queued + running; changed only on the event loop
-        self.waiting: list[Job] = []     # queued jobs in order (the queue position), shared with the workers
-        self.running = 0
-        self._lock = threading.Lock()
-        self.kept: dict[str, Job] = {}   # /api/jobs: by id, until they expire
-
-    def full(self) -> bool:
-        return self.admitted >= self.capacity
-
-    def submit(self, job: Job) -> asyncio.Future:
-        """Queue `job`; the future completes when it has finished (done, failed or cancelled)."""
-        if self.full():
-            raise Busy()
-        self.admitted += 1
-        with self._lock:
-            self.waiting.append(job)
-        future = asyncio.get_running_loop().run_in_executor(self.executor, self._run, job)
-        future.add_done_callback(lambda _: setattr(self, "admitted", self.admitted - 1))
-        return future
-
-    def keep(self, job: Job) -> None:
-        self.expire()
-        self.kept[job.id] = job
-
-    def get(self, job_id: str) -> Job | None:
-        self.expire()
-        return self.kept.get(job_id)
-
-    def expire(self) -> None:
-        """Forget jobs finished more than JOB_TTL_S ago, then the oldest finished ones while their results are
-        over MAX_RESULTS_MB together (the newest result is always kept)."""
-        now = time.monotonic()
-        for job in [j for j in self.kept.values() if now - j.finished > self.settings.job_ttl_s]:
-            del self.kept[job.id]
-        done = sorted((j for j in self.kept.values() if j.result is not None), key=lambda j: j.finished)
-        total = sum(len(j.result) for j in done)
-        for job in done[:-1]:
-            if total <= self.settings.max_results_mb * 1024 * 1024:
-                break
-            total -= len(job.result)
-            del self.kept[job.id]
-
-    def position(self, job: Job) -> int:
-        """0 when running, finished or cancelled; else 1 + the jobs still to run ahead of it."""
-        if job.cancel.is_set():
-            return 0
-        with self._lock:
-            live = [j for j in self.waiting if not j.cancel.is_set()]
-        return live.index(job) + 1 if job in live else 0
-
-    def _run(self, job: Job) -> None:
-        with self._lock:
-            self.waiting.remove(job)
-            self.running += 1
-        job.state = "running"
-        job.deadline = time.monotonic() + self.settings.job_timeout_s
-        t0 = time.perf_counter()
-        try:
-            job.progress(0, 0)                     # cancelled while it waited: nothing to do
-            img = load_image(job.data, int(self.settings.max_input_mp * 1e6))
-            job.in_size = img.size
-            out = self.enhancer.enhance(img, scale=job.scale, strength=job.strength, tile=self.settings.tile,
-                                        progress=job.progress)
-            job.result, job.out_size = encode(out, job.format, job.quality), out.size
-            job.state = "done"
-        except Cancelled:
-            if job.cancel.is_set():
-                job.state = "cancelled"
-            else:
-                job.state, job.status = "failed", 503
-                job.error = (f"This image took longer than this server's {self.settings.job_timeout_s:g} s limit "
-                             "and was stopped. Choose ×2 or a smaller image.")
-        except ImageError as e:
-            job.state, job.status, job.error = "failed", e.status, str(e)
-        except Exception:
-            log.exception("enhancing %s failed", job.filename)
-            job.state, job.status = "failed", 500
-            job.error = "Something went wrong on the server while enhancing the image. Please try again."
-        finally:
-            job.data = None                        # the upload is not needed any more
-            job.seconds = time.perf_counter() - t0
-            job.finished = time.monotonic()
-            with self._lock:
-                self.running -= 1
-
-    def view(self, job: Job) -> dict:
-        """What GET /api/jobs/{id} answers."""
-        total = job.tiles_total
-        return {"id": job.id, "state": job.state,
-                "progress": 1.0 if job.state == "done" else round(job.tiles_done / total, 4) if total else 0.0,
-                "tiles_done": job.tiles_done, "tiles_total": total, "queue_position": self.position(job),
-                "error": job.error}
-
-    def shutdown(self):
-        for job in self.kept.values():
-            job.cancel.set()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 # ---- reading a request into a job ---------------------------------------------------------------------------
@@ -641,7 +493,9 @@ async def lifespan(app: Starlette):
     st = app.state
     if st.enhancer is None:
         st.enhancer = await load_models(st.settings)
-    st.jobs = Jobs(st.enhancer, st.settings)
+    s: Settings = st.settings
+    st.jobs = Jobs(st.enhancer, s.workers, s.queue, tile=s.tile, max_input_pixels=int(s.max_input_mp * 1e6),
+                   timeout_s=s.job_timeout_s, ttl_s=s.job_ttl_s, max_results_bytes=int(s.max_results_mb * 1024 * 1024))
     log.info("models loaded from %s (%s)", st.enhancer.model_dir, st.enhancer.card.get("name"))
     try:
         yield

@@ -70,7 +70,7 @@ def test_bad_arguments(untrained_model_dir, photos, tmp_path):
 
 
 def test_serving_modules_do_not_import_torch():
-    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.serve; "
+    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.jobs, superres.serve; "
             "bad = [m for m in ('torch', 'fastai') if m in sys.modules]; assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
