@@ -127,9 +127,12 @@ def test_ctrl_c_leaves_only_whole_files(untrained_model_dir, tmp_path):
     src.mkdir()
     for i in range(8):                              # ~1 s each on 2 cores: time to interrupt after the first
         astronaut().resize((640 + 8 * i, 640)).save(src / f"p{i}.png")
+    # (as in a terminal: a test run started in the background, e.g. with nohup or `&`, ignores SIGINT, and a
+    # child would inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "superres", "enhance", "-i", src, "-o", out, "-s", "2",
                              "--model-dir", untrained_model_dir], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
