@@ -147,6 +147,7 @@ def test_cancel_frees_the_worker(browser, webapp_url, photos):
         assert time.monotonic() - t < 5, "the cancelled job kept the worker"
         time.sleep(0.05)
     choose(page, photos["small"], (80, 94))
+    assert not page.is_visible("#note")
     t = time.monotonic()
     page.click("#enhance")
     page.wait_for_selector("#result:not([hidden])", timeout=30_000)

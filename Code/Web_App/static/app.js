@@ -65,6 +65,7 @@
     if (!f) return;
     if (busy) { showError("Please wait for the current image to finish."); return; }
     showError("");
+    $("note").hidden = true;
     if (f.type && !ACCEPTED.includes(f.type) && !/\.(tiff?|png|jpe?g|webp|gif|bmp)$/i.test(f.name)) {
       clearChoice();
       showError(NOT_AN_IMAGE);
