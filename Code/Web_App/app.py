@@ -236,15 +236,21 @@ def _field(form, name: str, default, convert, message: str):
     return value
 
 
+# Padding to the network's multiple and the context around tiles make an ordinary photo cost up to ~1.2x the work
+# of a square one with as many pixels; a thin strip costs tens of times more. The line is drawn between them.
+WORK_ALLOWANCE = 2.0
+
+
 def check_size(enhancer: Enhancer, s: Settings, w: int, h: int, scale: int) -> None:
-    """Refuse images whose result or whose work (padded, tiled) is over the limits, stating the limit."""
+    """Refuse images whose result or whose work (padded, tiled) is over the limits, stating the limit: an image
+    may cost at most WORK_ALLOWANCE times the work of the largest square image MAX_INPUT_MP allows."""
     if w * h * scale * scale > s.max_output_mp * 1e6:
         raise ImageTooLarge(
             f"The result would be {w * scale}×{h * scale} = {w * h * scale * scale / 1e6:.1f} megapixels; "
             f"the limit is {s.max_output_mp:g} megapixels. Choose ×2 or a smaller image.")
     side = int(math.sqrt(s.max_input_mp * 1e6))
     work = enhancer.work(w, h, s.tile)
-    if work > enhancer.work(side, side, s.tile):       # no image may cost more than the largest square one
+    if work > WORK_ALLOWANCE * enhancer.work(side, side, s.tile):
         raise ImageTooLarge(
             f"The image is {w}×{h} pixels: so thin that, padded and cut into tiles, it is as much work as a "
             f"{work / 1e6:.0f}-megapixel image; the limit is {s.max_input_mp:g} megapixels.")
