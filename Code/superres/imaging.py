@@ -186,19 +186,19 @@ OUTPUT_FORMATS = {"png": ("PNG", "image/png", "png"), "webp": ("WEBP", "image/we
 
 def save_options(fmt: str, quality: int | None = None) -> dict:
     """Pillow options for a Pillow format name: WebP is lossless unless a quality (1-100) is given; JPEG takes
-    a quality (default 95); PNG is always lossless (a fast compression level)."""
+    a quality (default 95); the others (PNG: always lossless) take none."""
     fmt = fmt.upper()
     if fmt == "WEBP":
         return {"lossless": True} if quality is None else {"quality": int(quality)}
     if fmt == "JPEG":
         return {"quality": int(quality or 95)}
-    if fmt == "PNG":
-        return {"compress_level": 3}
     return {}
 
 
 def encode(img: Image.Image, fmt: str = "png", quality: int | None = None) -> bytes:
     """`img` as bytes in one of OUTPUT_FORMATS, with the ICC profile; alpha kept except in JPEG (flattened on white)."""
+    if fmt == "png":
+        return encode_png(img)
     buf = io.BytesIO()
     pil_format = OUTPUT_FORMATS[fmt][0]
     save(img, buf, pil_format, **save_options(pil_format, quality))
