@@ -98,6 +98,10 @@ def test_a_x4_job_shows_tile_progress_then_the_whole_result(browser, webapp_url,
     page.check("#scale4", force=True)
     page.fill("#strength", "0.8")
     assert "2560 × 3008 px" in page.text_content("#output-size")
+    if device == "phone":                        # a WebP at a quality this time (the desktop keeps PNG)
+        assert not page.is_visible("#quality")
+        page.select_option("#format", "webp")
+        page.fill("#quality", "80")
     # a double click must send once (the button is disabled as soon as the job starts)
     page.dblclick("#enhance")
     page.wait_for_function("(() => { const v = +document.getElementById('progress-bar').getAttribute('aria-valuenow');"
@@ -124,6 +128,8 @@ def test_a_x4_job_shows_tile_progress_then_the_whole_result(browser, webapp_url,
         dl.value.save_as(saved)
         assert saved.name == "grace_x4.png" and Image.open(saved).size == (2560, 3008)
     else:
+        assert "WEBP" in page.text_content("#result-size") and page.text_content("#download") == "Download WEBP"
+        assert page.get_attribute("#download", "download") == "grace_x4.webp"
         assert page.evaluate("document.documentElement.scrollWidth") <= 390     # nothing wider than the phone
         box = page.locator("#enhance").bounding_box()
         assert box["width"] > 300 and box["height"] >= 44                         # a thumb-sized button
