@@ -125,11 +125,11 @@ class Jobs:
         with self._lock:
             self.waiting.remove(job)
             self.running += 1
-        job.state = "running"
         job.deadline = time.monotonic() + self.timeout_s
         t0 = time.perf_counter()
         try:
             job.progress(0, 0)                     # cancelled while it waited: nothing to do
+            job.state = "running"
             img = load_image(job.data, self.max_input_pixels)
             job.in_size = img.size
             out = self.enhancer.enhance(img, scale=job.scale, strength=job.strength, tile=self.tile,
