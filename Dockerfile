@@ -2,7 +2,7 @@
 #   docker build -t srwebapp . && docker run --rm -it -p 5000:5000 srwebapp    ->  http://localhost:5000/
 # Settings are environment variables (see Code/Web_App/app.py: Settings), e.g.
 #   docker run --rm -it -p 5000:5000 -v $PWD/my_model:/models:ro -e MODEL_DIR=/models srwebapp
-#   docker run --rm -it -p 5000:5000 -e MODEL_URL=https://example.org/model.zip srwebapp
+#   docker run --rm -it -p 5000:5000 -e MODEL_URL=https://example.org/model.zip -e MODEL_SHA256=<its sha256> srwebapp
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

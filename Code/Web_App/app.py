@@ -1,14 +1,24 @@
 """The web app: a select-and-enhance page and its API (Starlette + Jinja2, served by uvicorn).
 
 Routes (the whole table is `ROUTES` below):
-    GET  /              the page
-    POST /api/enhance   multipart: file, scale (2|4, default 4), strength (0..1) -> image/png
-    GET  /healthz       JSON: status, models loaded, version, queue
-    /static/...         CSS and JS
+    GET    /                      the page
+    POST   /api/enhance           multipart: file, scale (2|4, default 4), strength (0..1), format (png|webp|jpeg),
+                                  quality (1..100; webp without it is lossless) -> the image
+    POST   /api/jobs              the same fields -> 202 {"id", "status_url", "result_url"}
+    GET    /api/jobs/{id}         {"state", "progress", "tiles_done", "tiles_total", "queue_position", "error"}
+    GET    /api/jobs/{id}/result  the image (409 until the job is done)
+    DELETE /api/jobs/{id}         cancel (the job stops at its next tile) or, once finished, forget it
+    GET    /healthz               JSON: status, models loaded, version, queue
+    /static/..., /favicon.ico     CSS, JS, icons
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`). Settings come from the
-environment (see `Settings`). Inference runs in a thread pool of WORKERS threads off the event loop; at most
-QUEUE more requests wait, beyond that the answer is 429. Bad input always gets a 4xx JSON {"error": "..."}.
+environment (see `Settings`). Every image is a `Job` run by `Jobs` (superres.jobs): WORKERS threads off the
+event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at its
+next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
+image costs is the network's padded, tiled input (`Enhancer.work`), not width x height, so thin strips cannot
+stall the worker. Finished jobs are kept JOB_TTL_S for their clients, their results at most MAX_RESULTS_MB
+together (the oldest go first). Bad input always gets a 4xx JSON {"error": "..."}; every response carries
+SECURITY_HEADERS.
 """
 from __future__ import annotations
 
@@ -17,73 +27,87 @@ import contextlib
 import hashlib
 import logging
 import os
+import math
 import re
 import shutil
 import tarfile
 import tempfile
-import threading
-import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from superres import DEFAULT_MODEL_DIR, __version__
-from superres.imaging import ImageError, ImageTooLarge, encode_png, load_image, probe
+from superres.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
 from superres.inference import Enhancer, ModelError, verify_model_dir
+from superres.jobs import Busy, Job, Jobs
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("superres.webapp")
 
 
 # ---- settings ------------------------------------------------------------------------------------------
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "superres" / "models"
+
+
 @dataclass
 class Settings:
-    """Everything configurable, read from the environment by `from_env` (names in capitals)."""
-    model_dir: Path = DEFAULT_MODEL_DIR   # MODEL_DIR: the model folder (ONNX generators + model_card.json)
-    model_url: str = ""                   # MODEL_URL: fetch a .zip/.tar.gz model folder at start-up instead
-    model_sha256: str = ""                # MODEL_SHA256: optional checksum of that archive
-    model_cache: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "superres-models")  # MODEL_CACHE
-    max_upload_mb: float = 20.0           # MAX_UPLOAD_MB: largest upload
-    max_input_mp: float = 16.0            # MAX_INPUT_MP: largest input image, megapixels
-    max_output_mp: float = 64.0           # MAX_OUTPUT_MP: largest result, megapixels (x4 of 2000x2000 = 64)
-    workers: int = 1                      # WORKERS: images enhanced at the same time
-    queue: int = 16                       # QUEUE: requests that may wait for a worker; more get 429
-    threads: int = 0                      # THREADS: ONNX Runtime threads per worker (0 = all cores)
-    tile: int | None = None               # TILE: tile size in input pixels (unset = automatic)
+    """Everything configurable, read from the environment by `from_env`: each field's name in capitals."""
+    model_dir: Path = DEFAULT_MODEL_DIR   # the model folder (ONNX generators + model_card.json)
+    model_url: str = ""                   # fetch a .zip/.tar.gz model folder at start-up instead
+    model_sha256: str = ""                # that archive's sha256; required with MODEL_URL ("skip": no check)
+    model_max_mb: float = 1024.0          # largest model archive, downloaded and unpacked
+    model_cache: Path = field(default_factory=_cache_dir)   # where it is unpacked (private to this user)
+    max_upload_mb: float = 20.0           # largest upload
+    max_input_mp: float = 16.0            # largest input image, megapixels (also bounds its padded, tiled work)
+    max_output_mp: float = 64.0           # largest result, megapixels (x4 of 2000x2000 = 64)
+    workers: int = 1                      # images enhanced at the same time
+    queue: int = 16                       # requests that may wait for a worker; more get 429
+    threads: int = 0                      # ONNX Runtime threads per worker (0 = all cores)
+    tile: int | None = None               # tile size in input pixels (unset = automatic)
+    job_timeout_s: float = 300.0          # a job running longer stops at its next tile
+    upload_timeout_s: float = 30.0        # an upload that sends nothing for this long is dropped (408)
+    max_connections: int = 64             # uvicorn's limit_concurrency: more connections get 503
+    keepalive_s: float = 5.0              # uvicorn's timeout_keep_alive: idle keep-alive connections close
+    job_ttl_s: float = 600.0              # /api/jobs: a finished job is kept this long for its client
+    max_results_mb: float = 512.0         # /api/jobs: results kept at most (the oldest are dropped first)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
         env = os.environ if env is None else env
         s = cls()
-        conv = {"MODEL_DIR": ("model_dir", Path), "MODEL_URL": ("model_url", str),
-                "MODEL_SHA256": ("model_sha256", str), "MODEL_CACHE": ("model_cache", Path),
-                "MAX_UPLOAD_MB": ("max_upload_mb", float), "MAX_INPUT_MP": ("max_input_mp", float),
-                "MAX_OUTPUT_MP": ("max_output_mp", float), "WORKERS": ("workers", int),
-                "QUEUE": ("queue", int), "THREADS": ("threads", int), "TILE": ("tile", int)}
-        for name, (attr, typ) in conv.items():
-            raw = env.get(name, "").strip()
+        for f in fields(cls):
+            raw = env.get(f.name.upper(), "").strip()
             if not raw:
                 continue
+            typ = {"Path": Path, "str": str, "float": float, "int": int, "int | None": int}[f.type]
             try:
-                setattr(s, attr, typ(raw))
+                setattr(s, f.name, typ(raw))
             except ValueError:
-                raise ValueError(f"{name}={raw!r} is not a valid {typ.__name__}") from None
-        if s.workers < 1 or s.queue < 0 or min(s.max_upload_mb, s.max_input_mp, s.max_output_mp) <= 0:
-            raise ValueError("WORKERS must be >= 1, QUEUE >= 0 and the MAX_* limits > 0")
+                raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {typ.__name__}") from None
+        if s.workers < 1 or s.queue < 0 or min(s.max_upload_mb, s.max_input_mp, s.max_output_mp, s.model_max_mb,
+                                               s.job_timeout_s, s.upload_timeout_s, s.max_connections, s.job_ttl_s,
+                                               s.max_results_mb) <= 0:
+            raise ValueError("WORKERS must be >= 1, QUEUE >= 0, and the MAX_* limits and timeouts > 0")
         return s
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def uvicorn(self) -> dict:
+        """The uvicorn settings that bound connections (`serve` passes them to uvicorn.run)."""
+        return {"limit_concurrency": self.max_connections, "timeout_keep_alive": self.keepalive_s}
 
 
 # ---- models: a local folder, or an archive fetched at start-up (as fastai's deploy template did) ---------
@@ -91,107 +115,224 @@ async def load_models(settings: Settings) -> Enhancer:
     """Fetch (if MODEL_URL) and load the models; raises ModelError with a message fit for the console."""
     model_dir = settings.model_dir
     if settings.model_url:
-        model_dir = await fetch_model(settings.model_url, settings.model_cache, settings.model_sha256)
+        model_dir = await fetch_model(settings.model_url, settings.model_cache, settings.model_sha256,
+                                      int(settings.model_max_mb * 1024 * 1024))
     return await asyncio.to_thread(Enhancer, model_dir, threads=settings.threads)
 
 
-async def fetch_model(url: str, cache: Path, sha256: str = "") -> Path:
-    """Download a .zip or .tar(.gz) holding a model folder, unpack it under `cache`, check it against its card."""
+async def fetch_model(url: str, cache: Path, sha256: str, max_bytes: int) -> Path:
+    """Download a .zip or .tar(.gz) holding a model folder, unpack it under `cache`, check it against its card.
+
+    The archive must have the sha256 given (or sha256="skip"), and neither it nor its contents may exceed
+    `max_bytes`. Temporary files get unique names in `cache`, which is created private (0700)."""
     import aiohttp
-    cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / "download.part"
-    digest = hashlib.sha256()
+    if not sha256:
+        raise ModelError("MODEL_URL needs MODEL_SHA256, the archive's sha256 (e.g. from `sha256sum model.zip`), so "
+                         "that the server runs the model you meant; MODEL_SHA256=skip runs it unchecked.")
+    limit = f"the {max_bytes / 1024 / 1024:g} MB limit (MODEL_MAX_MB)"
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, name = tempfile.mkstemp(dir=cache, suffix=".part")
+    archive = Path(name)
+    digest, size = hashlib.sha256(), 0
     log.info("fetching the model archive %s", url)
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(url) as resp:
+        with os.fdopen(fd, "wb") as f:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
                 if resp.status != 200:
                     raise ModelError(f"Could not download the model archive from {url}: HTTP {resp.status} {resp.reason}.")
-                with open(archive, "wb") as f:
-                    async for chunk in resp.content.iter_chunked(1 << 20):
-                        digest.update(chunk)
-                        f.write(chunk)
+                if (resp.content_length or 0) > max_bytes:
+                    raise ModelError(f"The model archive from {url} is {resp.content_length / 1e6:.0f} MB, over {limit}.")
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ModelError(f"The model archive from {url} is larger than {limit}.")
+                    digest.update(chunk)
+                    f.write(chunk)
+        if sha256.lower() != "skip" and digest.hexdigest() != sha256.lower():
+            raise ModelError(f"The model archive from {url} has sha256 {digest.hexdigest()}, not MODEL_SHA256={sha256}.")
+        dest = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        try:
+            _unpack(archive, tmp, max_bytes, limit)
+            cards = list(tmp.glob("model_card.json")) + list(tmp.glob("*/model_card.json"))
+            if len(cards) != 1:
+                raise ModelError(f"The archive from {url} does not hold one model folder (model_card.json + ONNX files).")
+            verify_model_dir(cards[0].parent)
+            shutil.rmtree(dest, ignore_errors=True)
+            cards[0].parent.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except aiohttp.ClientError as e:
         raise ModelError(f"Could not download the model archive from {url} ({e.__class__.__name__}: {e}).") from e
-    if sha256 and digest.hexdigest() != sha256.lower():
-        raise ModelError(f"The model archive from {url} has sha256 {digest.hexdigest()}, not MODEL_SHA256={sha256}.")
-    dest = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
-    tmp = Path(tempfile.mkdtemp(dir=cache))
-    try:
-        _unpack(archive, tmp)
-        cards = list(tmp.glob("model_card.json")) + list(tmp.glob("*/model_card.json"))
-        if len(cards) != 1:
-            raise ModelError(f"The archive from {url} does not hold one model folder (model_card.json + ONNX files).")
-        verify_model_dir(cards[0].parent)
-        shutil.rmtree(dest, ignore_errors=True)
-        cards[0].parent.rename(dest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink(missing_ok=True)
     log.info("model archive unpacked to %s and checked against its card", dest)
     return dest
 
 
-def _unpack(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar archive, refusing members that would land outside `dest`."""
+def _unpack(archive: Path, dest: Path, max_bytes: int, limit: str) -> None:
+    """Unpack a zip or tar archive, refusing members that would land outside `dest` and contents over `max_bytes`."""
     def safe(name: str) -> str:
         p = Path(name)
         if p.is_absolute() or ".." in p.parts:
             raise ModelError(f"The model archive has an unsafe member path {name!r}.")
         return name
+
+    def bounded(total: int):
+        if total > max_bytes:
+            raise ModelError(f"The model archive unpacks to {total / 1e6:.0f} MB, over {limit}.")
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():
                 safe(name)
+            bounded(sum(i.file_size for i in z.infolist()))
             z.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
             members = [m for m in t.getmembers() if (m.isfile() or m.isdir()) and safe(m.name)]
+            bounded(sum(m.size for m in members))
             t.extractall(dest, members=members, filter="data")
     else:
         raise ModelError("The model archive is neither a zip nor a tar file.")
 
 
-# ---- the worker pool ---------------------------------------------------------------------------------------
-class Busy(Exception):
+# ---- reading a request into a job ---------------------------------------------------------------------------
+class UploadTooLarge(Exception):
     pass
 
 
-class Pool:
-    """WORKERS threads run jobs off the event loop; at most WORKERS + QUEUE jobs are admitted at a time."""
+class UploadStalled(Exception):
+    pass
 
-    def __init__(self, workers: int, queue: int):
-        self.workers, self.capacity = workers, workers + queue
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="enhance")
-        self.admitted = 0          # running + waiting; changed only on the event loop
-        self.running = 0
-        self._lock = threading.Lock()
 
-    async def run(self, fn, *args):
-        if self.admitted >= self.capacity:
-            raise Busy()
-        self.admitted += 1
+def _limited(receive, limit: int, idle_s: float):
+    """Wrap ASGI `receive`: more than `limit` body bytes raise UploadTooLarge, `idle_s` without data UploadStalled."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
-        finally:
-            self.admitted -= 1
+            message = await asyncio.wait_for(receive(), idle_s)
+        except TimeoutError:
+            raise UploadStalled() from None
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise UploadTooLarge()
+        return message
+    return wrapped
 
-    def _call(self, fn, args):
-        with self._lock:
-            self.running += 1
-        try:
-            return fn(*args)
-        finally:
-            with self._lock:
-                self.running -= 1
 
-    def shutdown(self):
-        self.executor.shutdown(wait=False, cancel_futures=True)
+def _field(form, name: str, default, convert, message: str):
+    raw = form.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        raise HTTPException(400, message)
+    try:
+        value = convert(raw.strip())
+    except ValueError:
+        raise HTTPException(400, message) from None
+    return value
+
+
+# Padding to the network's multiple and the context around tiles make an ordinary photo cost up to ~1.2x the work
+# of a square one with as many pixels; a thin strip costs tens of times more. The line is drawn between them.
+WORK_ALLOWANCE = 2.0
+
+
+def check_size(enhancer: Enhancer, s: Settings, w: int, h: int, scale: int) -> None:
+    """Refuse images whose result or whose work (padded, tiled) is over the limits, stating the limit: an image
+    may cost at most WORK_ALLOWANCE times the work of the largest square image MAX_INPUT_MP allows."""
+    if w * h * scale * scale > s.max_output_mp * 1e6:
+        raise ImageTooLarge(
+            f"The result would be {w * scale}×{h * scale} = {w * h * scale * scale / 1e6:.1f} megapixels; "
+            f"the limit is {s.max_output_mp:g} megapixels. Choose ×2 or a smaller image.")
+    side = int(math.sqrt(s.max_input_mp * 1e6))
+    work = enhancer.work(w, h, s.tile)
+    if work > WORK_ALLOWANCE * enhancer.work(side, side, s.tile):
+        raise ImageTooLarge(
+            f"The image is {w}×{h} pixels: so thin that, padded and cut into tiles, it is as much work as a "
+            f"{work / 1e6:.0f}-megapixel image; the limit is {s.max_input_mp:g} megapixels.")
+
+
+async def read_job(request: Request) -> Job:
+    """Parse and check an upload (multipart: file, scale, strength) into a Job; raises HTTPException (4xx/503)."""
+    st = request.app.state
+    s: Settings = st.settings
+    enhancer: Enhancer | None = st.enhancer
+    if enhancer is None:
+        raise HTTPException(503, "The models are still loading; try again in a moment.")
+    close = {"Connection": "close"}
+    if st.jobs.full():                                 # decided before the upload is read
+        raise HTTPException(429, BUSY, {"Retry-After": "30", **close})
+    too_big = f"The upload is larger than the {s.max_upload_mb:g} MB limit."
+    slack = 64 * 1024                                  # multipart boundaries and the other fields
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > s.max_upload_bytes + slack:
+        raise HTTPException(413, too_big, close)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(400, "Send the image as multipart/form-data with a field named 'file'.")
+    limited = Request(request.scope, _limited(request.receive, s.max_upload_bytes + slack, s.upload_timeout_s))
+    try:
+        async with limited.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, "No image received: send it in a form field named 'file'.")
+            scale = _field(form, "scale", 4, int, "scale must be 2 or 4.")
+            strength = _field(form, "strength", enhancer.default_strength, float,
+                              "strength must be a number between 0 and 1.")
+            fmt = _field(form, "format", "png", str.lower, "format must be png, webp or jpeg.")
+            fmt = {"jpg": "jpeg"}.get(fmt, fmt)
+            quality = _field(form, "quality", None, int, "quality must be a whole number from 1 to 100.")
+            filename = upload.filename or "image"
+            data = await upload.read()
+    except UploadTooLarge:
+        raise HTTPException(413, too_big, close) from None
+    except UploadStalled:
+        raise HTTPException(408, f"The upload stalled (nothing arrived for {s.upload_timeout_s:g} s).", close) from None
+    if scale not in enhancer.scales:
+        raise HTTPException(400, "scale must be " + " or ".join(map(str, enhancer.scales)) + ".")
+    if not 0.0 <= strength <= 1.0:                    # also refuses NaN
+        raise HTTPException(400, "strength must be a number between 0 and 1.")
+    if fmt not in OUTPUT_FORMATS:
+        raise HTTPException(400, "format must be " + ", ".join(OUTPUT_FORMATS) + ".")
+    if quality is not None and not 1 <= quality <= 100:
+        raise HTTPException(400, "quality must be a whole number from 1 to 100.")
+    if len(data) > s.max_upload_bytes:
+        raise HTTPException(413, too_big)
+    try:
+        w, h = probe(data, int(s.max_input_mp * 1e6))  # header only: cheap, so bad files never wait in the queue
+        check_size(enhancer, s, w, h, scale)
+    except ImageError as e:
+        raise HTTPException(e.status, str(e)) from None
+    return Job(data, scale, strength, filename, fmt, quality)
+
+
+def download_name(job: Job) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(job.filename).stem)[:80] or "image"
+    return f"{stem}_x{job.scale}.{OUTPUT_FORMATS[job.format][2]}"
+
+
+def result_response(job: Job) -> Response:
+    return Response(job.result, media_type=OUTPUT_FORMATS[job.format][1], headers={
+        "Content-Disposition": f'inline; filename="{download_name(job)}"',
+        "X-Input-Size": f"{job.in_size[0]}x{job.in_size[1]}",
+        "X-Output-Size": f"{job.out_size[0]}x{job.out_size[1]}",
+        "X-Strength": f"{Enhancer.round_strength(job.strength):.2f}",
+        "X-Processing-Seconds": f"{job.seconds:.2f}",
+    })
+
+
+async def _disconnected(receive) -> None:
+    """Return when the client hangs up (after the body, uvicorn's `receive` waits for exactly that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 # ---- endpoints ------------------------------------------------------------------------------------------
 templates = Jinja2Templates(directory=HERE / "templates")
+BUSY = "The server is busy with other images; please try again in a minute."
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -213,7 +354,7 @@ async def index(request: Request):
 async def healthz(request: Request):
     st = request.app.state
     card = st.enhancer.card if st.enhancer else {}
-    pool: Pool | None = st.pool
+    jobs: Jobs | None = st.jobs
     return JSONResponse({
         "status": "ok" if st.enhancer else "loading",
         "models_loaded": st.enhancer is not None,
@@ -221,107 +362,87 @@ async def healthz(request: Request):
                   "scales": st.enhancer.scales if st.enhancer else [],
                   "default_strength": st.enhancer.default_strength if st.enhancer else None},
         "version": __version__,
-        "workers": pool.workers if pool else 0,
-        "running": pool.running if pool else 0,
-        "waiting": max(0, pool.admitted - pool.running) if pool else 0,
-        "capacity": pool.capacity if pool else 0,
+        "workers": jobs.workers if jobs else 0,
+        "running": jobs.running if jobs else 0,
+        "waiting": max(0, jobs.admitted - jobs.running) if jobs else 0,
+        "capacity": jobs.capacity if jobs else 0,
     })
-
-
-class UploadTooLarge(Exception):
-    pass
-
-
-def _limited(receive, limit: int):
-    """Wrap ASGI `receive` so that reading more than `limit` body bytes raises UploadTooLarge."""
-    seen = 0
-
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise UploadTooLarge()
-        return message
-    return wrapped
-
-
-def _field(form, name: str, default, convert, message: str):
-    raw = form.get(name)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return default
-    if not isinstance(raw, str):
-        raise HTTPException(400, message)
-    try:
-        value = convert(raw.strip())
-    except ValueError:
-        raise HTTPException(400, message) from None
-    return value
 
 
 async def enhance(request: Request):
-    st = request.app.state
-    s: Settings = st.settings
-    enhancer: Enhancer | None = st.enhancer
-    if enhancer is None:
-        return error(503, "The models are still loading; try again in a moment.")
-    too_big = f"The upload is larger than the {s.max_upload_mb:g} MB limit."
-    slack = 64 * 1024                                  # multipart boundaries and the other fields
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > s.max_upload_bytes + slack:
-        return error(413, too_big, {"Connection": "close"})
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return error(400, "Send the image as multipart/form-data with a field named 'file'.")
-    request = Request(request.scope, _limited(request.receive, s.max_upload_bytes + slack))
+    """POST /api/enhance: the result in the response. A client that hangs up cancels its job (next tile)."""
     try:
-        async with request.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "No image received: send it in a form field named 'file'.")
-            scale = _field(form, "scale", 4, int, "scale must be 2 or 4.")
-            strength = _field(form, "strength", enhancer.default_strength, float,
-                              "strength must be a number between 0 and 1.")
-            filename = upload.filename or "image"
-            data = await upload.read()
-    except UploadTooLarge:
-        return error(413, too_big, {"Connection": "close"})
-    if scale not in enhancer.scales:
-        return error(400, "scale must be " + " or ".join(map(str, enhancer.scales)) + ".")
-    if not 0.0 <= strength <= 1.0:                    # also refuses NaN
-        return error(400, "strength must be a number between 0 and 1.")
-    if len(data) > s.max_upload_bytes:
-        return error(413, too_big)
-    max_in = int(s.max_input_mp * 1e6)
+        job = await read_job(request)
+    except ClientDisconnect:
+        log.info("a client hung up during its upload")
+        return error(400, "The upload was interrupted.")
     try:
-        w, h = probe(data, max_in)                     # header only: cheap, so bad files never wait in the queue
-        if w * h * scale * scale > s.max_output_mp * 1e6:
-            raise ImageTooLarge(
-                f"The result would be {w * scale}×{h * scale} = {w * h * scale * scale / 1e6:.1f} megapixels; "
-                f"the limit is {s.max_output_mp:g} megapixels. Choose ×2 or a smaller image.")
-    except ImageError as e:
-        return error(e.status, str(e))
-
-    def job():
-        t0 = time.perf_counter()
-        img = load_image(data, max_in)
-        out = enhancer.enhance(img, scale=scale, strength=strength, tile=s.tile)
-        png = encode_png(out)
-        return png, img.size, out.size, time.perf_counter() - t0
-
-    try:
-        png, in_size, out_size, seconds = await st.pool.run(job)
+        future = request.app.state.jobs.submit(job)
     except Busy:
-        return error(429, "The server is busy with other images; please try again in a minute.", {"Retry-After": "30"})
-    except ImageError as e:
-        return error(e.status, str(e))
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).stem)[:80] or "image"
-    return Response(png, media_type="image/png", headers={
-        "Content-Disposition": f'inline; filename="{stem}_x{scale}.png"',
-        "X-Input-Size": f"{in_size[0]}x{in_size[1]}",
-        "X-Output-Size": f"{out_size[0]}x{out_size[1]}",
-        "X-Strength": f"{Enhancer.round_strength(strength):.2f}",
-        "X-Processing-Seconds": f"{seconds:.2f}",
-    })
+        return error(429, BUSY, {"Retry-After": "30"})
+    hangup = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({future, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+    if not future.done():
+        job.cancel.set()
+        log.info("the client of %s hung up; its job stops at the next tile", job.filename)
+        return error(400, "The client hung up.")
+    if job.state != "done":
+        return error(job.status, job.error or "The job was cancelled.")
+    return result_response(job)
+
+
+async def create_job(request: Request):
+    """POST /api/jobs: queue the image, answer at once; the client polls the status and fetches the result."""
+    jobs: Jobs = request.app.state.jobs
+    job = await read_job(request)
+    try:
+        jobs.submit(job)
+    except Busy:
+        return error(429, BUSY, {"Retry-After": "30"})
+    jobs.keep(job)
+    status_url = request.url_for("job_status", job_id=job.id).path
+    return JSONResponse({"id": job.id, "status_url": status_url, "result_url": status_url + "/result"},
+                        status_code=202, headers={"Location": status_url})
+
+
+def _job(request: Request) -> Job:
+    job = request.app.state.jobs.get(request.path_params["job_id"])
+    if job is None:
+        raise HTTPException(404, "There is no such job: it never existed, was deleted or has expired.")
+    return job
+
+
+async def job_status(request: Request):
+    return JSONResponse(request.app.state.jobs.view(_job(request)))
+
+
+async def job_result(request: Request):
+    job = _job(request)
+    if job.state != "done":
+        why = f": {job.error}" if job.error else "."
+        raise HTTPException(409, f"The job has no result; it is {job.state}{why}")
+    return result_response(job)
+
+
+async def delete_job(request: Request):
+    """Cancel a queued or running job (202 while a running one reaches its next tile), or forget a finished one."""
+    jobs: Jobs = request.app.state.jobs
+    job = _job(request)
+    if job.over:
+        del jobs.kept[job.id]
+        return JSONResponse(jobs.view(job))
+    job.cancel.set()
+    if job.state == "queued":
+        job.state = "cancelled"             # its worker will skip it
+        return JSONResponse(jobs.view(job))
+    return JSONResponse(jobs.view(job), status_code=202)
+
+
+async def favicon(request: Request):
+    return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon")
 
 
 async def http_error(request: Request, exc: HTTPException):
@@ -333,10 +454,42 @@ async def server_error(request: Request, exc: Exception):
     return error(500, "Something went wrong on the server while enhancing the image. Please try again.")
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware that adds SECURITY_HEADERS to every response (pure ASGI: `receive` is left alone, so
+    disconnects still reach the endpoints)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+        await self.app(scope, receive, send_with_headers)
+
+
 ROUTES = [
     Route("/", index, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/api/enhance", enhance, methods=["POST"]),
+    Route("/api/jobs", create_job, methods=["POST"]),
+    Route("/api/jobs/{job_id}", job_status, methods=["GET"], name="job_status"),
+    Route("/api/jobs/{job_id}", delete_job, methods=["DELETE"]),
+    Route("/api/jobs/{job_id}/result", job_result, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
 ]
 
@@ -344,21 +497,23 @@ ROUTES = [
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette):
     st = app.state
-    st.pool = Pool(st.settings.workers, st.settings.queue)
     if st.enhancer is None:
         st.enhancer = await load_models(st.settings)
+    s: Settings = st.settings
+    st.jobs = Jobs(st.enhancer, s.workers, s.queue, tile=s.tile, max_input_pixels=int(s.max_input_mp * 1e6),
+                   timeout_s=s.job_timeout_s, ttl_s=s.job_ttl_s, max_results_bytes=int(s.max_results_mb * 1024 * 1024))
     log.info("models loaded from %s (%s)", st.enhancer.model_dir, st.enhancer.card.get("name"))
     try:
         yield
     finally:
-        st.pool.shutdown()
+        st.jobs.shutdown()
 
 
 def create_app(settings: Settings | None = None, enhancer: Enhancer | None = None) -> Starlette:
     """The ASGI app. Pass an already loaded `enhancer` to skip loading at start-up (as `serve` does)."""
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)],
                     exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.settings = settings or Settings.from_env()
     app.state.enhancer = enhancer
-    app.state.pool = None
+    app.state.jobs = None
     return app

@@ -11,6 +11,7 @@ Every failure a user can cause raises an `ImageError` subclass whose message is 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -106,6 +107,10 @@ def _check_pixels(img: Image.Image, max_pixels: int):
 
 
 def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation, from the header only: a PNG whose eXIf chunk is not before the pixels counts as 1
+    (Pillow's PNG `getexif` would decode the whole image to look for it; `load_image` still applies it)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
     try:
         return int(img.getexif().get(0x0112, 1))
     except Exception:
@@ -174,6 +179,32 @@ def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     return img.convert("RGB")
 
 
+# Result formats of the web app: name -> (Pillow format, media type, file extension). PNG is the default.
+OUTPUT_FORMATS = {"png": ("PNG", "image/png", "png"), "webp": ("WEBP", "image/webp", "webp"),
+                  "jpeg": ("JPEG", "image/jpeg", "jpg")}
+
+
+def save_options(fmt: str, quality: int | None = None) -> dict:
+    """Pillow options for a Pillow format name: WebP is lossless unless a quality (1-100) is given; JPEG takes
+    a quality (default 95); the others (PNG: always lossless) take none."""
+    fmt = fmt.upper()
+    if fmt == "WEBP":
+        return {"lossless": True} if quality is None else {"quality": int(quality)}
+    if fmt == "JPEG":
+        return {"quality": int(quality or 95)}
+    return {}
+
+
+def encode(img: Image.Image, fmt: str = "png", quality: int | None = None) -> bytes:
+    """`img` as bytes in one of OUTPUT_FORMATS, with the ICC profile; alpha kept except in JPEG (flattened on white)."""
+    if fmt == "png":
+        return encode_png(img)
+    buf = io.BytesIO()
+    pil_format = OUTPUT_FORMATS[fmt][0]
+    save(img, buf, pil_format, **save_options(pil_format, quality))
+    return buf.getvalue()
+
+
 def encode_png(img: Image.Image, compress_level: int = 3) -> bytes:
     """PNG bytes with alpha and the ICC profile (if `img.info` has one)."""
     buf = io.BytesIO()
@@ -182,7 +213,10 @@ def encode_png(img: Image.Image, compress_level: int = 3) -> bytes:
 
 
 def save(img: Image.Image, dest, fmt: str | None = None, **kwargs) -> None:
-    """Save to a path or file object, keeping the ICC profile; formats without alpha get it flattened on white."""
+    """Save to a path or file object, keeping the ICC profile; formats without alpha get it flattened on white.
+
+    A path is written atomically: to a hidden `.name.part` beside it, then renamed, so an interrupted save
+    (Ctrl-C, a full disk) never leaves a broken file under the real name."""
     fmt = (fmt or Image.registered_extensions().get(Path(str(dest)).suffix.lower(), "PNG")).upper()
     icc = img.info.get("icc_profile")
     if icc:
@@ -193,4 +227,14 @@ def save(img: Image.Image, dest, fmt: str | None = None, **kwargs) -> None:
             bg.paste(img.convert(img.mode[:-1]), mask=img.getchannel("A"))
             img = bg
         kwargs.setdefault("quality", 95)
-    img.save(dest, fmt, **kwargs)
+    if not isinstance(dest, (str, os.PathLike)):
+        img.save(dest, fmt, **kwargs)
+        return
+    dest = Path(dest)
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        img.save(part, fmt, **kwargs)
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise

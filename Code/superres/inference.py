@@ -39,6 +39,10 @@ MAX_NET_INPUT = 384
 DEFAULT_TILE_PAD = 32
 
 
+class Cancelled(Exception):
+    """Raised by a `progress` callback to stop `Enhancer.enhance` at the next tile (cancel, timeout)."""
+
+
 class ModelError(RuntimeError):
     """The model folder is missing, incomplete or does not match its card; `str(e)` says what to do."""
 
@@ -197,7 +201,7 @@ class Enhancer:
             raise ModelError(f"ONNX Runtime could not build the x{scale} strength-{s} generator ({e}).") from e
 
     # ---- inference -----------------------------------------------------------------------------------
-    def auto_tile(self, scale: int, tile_pad: int = DEFAULT_TILE_PAD) -> int:
+    def auto_tile(self, tile_pad: int = DEFAULT_TILE_PAD) -> int:
         """The largest tile whose network run (tile + context) stays within MAX_NET_INPUT pixels a side."""
         t = MAX_NET_INPUT - 2 * tile_pad
         return max(self.multiple, t // self.multiple * self.multiple)
@@ -210,32 +214,59 @@ class Enhancer:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
         return strength
 
+    def tiles(self, width: int, height: int, tile: int | None = None,
+              tile_pad: int = DEFAULT_TILE_PAD) -> tuple[int, int, range, range]:
+        """How an image of `width` x `height` is cut: (tile, pad, row starts, column starts), in input pixels.
+
+        tile: side of the tile centres (None: automatic, bounded memory; 0: whole image);
+        pad: context added on each side of a tile, rounded up to the input multiple."""
+        m = self.multiple
+        pad = -(-max(0, int(tile_pad)) // m) * m
+        if tile is None:
+            tile = self.auto_tile(pad)
+        hp, wp = -(-height // m) * m, -(-width // m) * m
+        tile = max(hp, wp) if tile <= 0 else -(-int(tile) // m) * m
+        return tile, pad, range(0, height, tile), range(0, width, tile)
+
+    def work(self, width: int, height: int, tile: int | None = None, tile_pad: int = DEFAULT_TILE_PAD) -> int:
+        """The pixels the network runs on for one image: every tile with its context, on the padded image.
+
+        This, not width x height, is what an image costs in time and memory: a 1 x 16,000,000 image is padded
+        to 32 rows, so it costs what a 512-megapixel one would."""
+        tile, pad, ys, xs = self.tiles(width, height, tile, tile_pad)
+        m = self.multiple
+        hp, wp = -(-height // m) * m, -(-width // m) * m
+        rows = sum(min(y + tile + pad, hp) - max(y - pad, 0) for y in ys)
+        cols = sum(min(x + tile + pad, wp) - max(x - pad, 0) for x in xs)
+        return rows * cols
+
     def enhance_array(self, rgb: np.ndarray, scale: int = 4, strength: float | None = None,
                       tile: int | None = None, tile_pad: int = DEFAULT_TILE_PAD,
                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (scale*H, scale*W, 3) uint8 RGB.
 
         tile: side of the tile centres in input pixels (None: automatic, bounded memory; 0: whole image).
-        tile_pad: context added on each side of a tile, in input pixels."""
+        tile_pad: context added on each side of a tile, in input pixels.
+        progress(done, total) is called before the first tile and after each one; it may raise (the web app
+        raises `Cancelled`) to stop the work at the next tile."""
         strength = self._check(scale, strength)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError("expected an (H, W, 3) uint8 array")
         m = self.multiple
         h, w = rgb.shape[:2]
+        tile, pad, ys, xs = self.tiles(w, h, tile, tile_pad)
+        total = len(ys) * len(xs)
+        if progress:
+            progress(0, total)
         ph, pw = -h % m, -w % m
         if ph or pw:   # the same padding as superres.models.pad_to_multiple
             mode = "reflect" if (ph < h and pw < w) else "edge"
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode=mode)
         hp, wp = rgb.shape[:2]
-        pad = -(-max(0, int(tile_pad)) // m) * m
-        if tile is None:
-            tile = self.auto_tile(scale, pad)
-        tile = max(hp, wp) if tile <= 0 else -(-int(tile) // m) * m
         net = self.generator(scale, strength)
 
         out = np.empty((h * scale, w * scale, 3), np.uint8)
-        ys, xs = range(0, h, tile), range(0, w, tile)
-        total, done = len(ys) * len(xs), 0
+        done = 0
         for y0 in ys:
             for x0 in xs:
                 wy0, wy1 = max(y0 - pad, 0), min(y0 + tile + pad, hp)

@@ -69,5 +69,6 @@ def run(args) -> int:
     app = webapp.create_app(settings, enhancer)
     print(f"serving the super-resolution app on http://{args.host}:{args.port}/ "
           f"(models: {enhancer.model_dir}, {settings.workers} worker(s), queue {settings.queue})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                **settings.uvicorn())
     return 0

@@ -484,27 +484,52 @@ def export_runs(run_dirs, out_dir) -> dict:
 
 
 # ---- CLI --------------------------------------------------------------------------------------------
+HELP = {   # the meaning of each numeric option (TrainConfig's fields)
+    "hr_size": "side of the high-resolution training crops in pixels; the input crop is hr_size/scale",
+    "bs": "batch size",
+    "repeats": "random crops per photo per epoch",
+    "epochs_gen": "stage 1: generator pre-training epochs",
+    "epochs_critic": "stage 2: critic pre-training epochs",
+    "epochs_gan": "stage 3: GAN fine-tuning epochs",
+    "critic_nf": "width of the critic (channels of its first layer)",
+    "workers": "data-loading processes (0 = load in the training process)",
+    "lr_gen": "stage 1: peak learning rate of the one-cycle schedule",
+    "lr_critic": "stage 2: learning rate",
+    "lr_gan": "stage 3: learning rate (the critic's is 5x this)",
+    "minutes_gen": "stage 1: if > 0, train for this many minutes of wall-clock time instead of --epochs-gen",
+    "minutes_gan": "stage 3: if > 0, train for this many minutes of wall-clock time instead of --epochs-gan",
+    "ema": "stage 1: decay of the exponential moving average of the generator's weights (0 = off)",
+    "clean_prob": "share of inputs made by plain bicubic down-scaling (the rest are blurred, resized, noised, JPEG'd)",
+    "jpeg_prob": "share of JPEG compression among the degraded inputs",
+    "lattice_weight": "stage 3: weight of the lattice loss that penalises a periodic grid in the output (0 = off)",
+}
+
+
 def add_arguments(p):
     d, u = TrainConfig(data=""), UnetConfig()
+    dflt = " (default: %(default)s)"
     p.add_argument("--data", required=True, help="folder(s) of high-resolution photos, comma-separated")
     p.add_argument("--valid", default=None, help="validation photos (default: hold out 10%% of --data)")
-    p.add_argument("--run", default=d.run_dir, help="run folder (checkpoints, logs, record.json)")
-    p.add_argument("--scale", type=int, default=d.scale, choices=[2, 4], help="what this run's generator does")
-    p.add_argument("--arch", default=u.arch, help="encoder: xresnet18, xresnet34, resnet18, resnet34")
-    p.add_argument("--widen", type=float, default=u.widen, help="xresnet width multiplier")
-    p.add_argument("--nf", type=int, default=u.nf, help="channels of the low-resolution features")
-    p.add_argument("--trunk-blocks", type=int, default=u.trunk_blocks, help="ResBlocks after the U-Net")
-    p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs internet)")
-    p.add_argument("--loss", default=d.loss, choices=["auto", "feature", "weightfree"])
+    p.add_argument("--run", default=d.run_dir, help="run folder (checkpoints, logs, record.json)" + dflt)
+    p.add_argument("--scale", type=int, default=d.scale, choices=[2, 4], help="what this run's generator does" + dflt)
+    p.add_argument("--arch", default=u.arch, help="encoder: xresnet18, xresnet34, resnet18, resnet34" + dflt)
+    p.add_argument("--widen", type=float, default=u.widen, help="xresnet width multiplier" + dflt)
+    p.add_argument("--nf", type=int, default=u.nf, help="channels of the low-resolution features" + dflt)
+    p.add_argument("--trunk-blocks", type=int, default=u.trunk_blocks, help="ResBlocks after the U-Net" + dflt)
+    p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs internet; default: random init)")
+    p.add_argument("--loss", default=d.loss, choices=["auto", "feature", "weightfree"],
+                   help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
+                        "L1 + SSIM + image gradients, auto = feature if the weights can be had, else weightfree" + dflt)
     for name in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan", "critic_nf", "workers"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    p.add_argument("--init", default=None, help="start the generator from this checkpoint (fine-tuning)")
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=HELP[name] + dflt)
+    p.add_argument("--init", default=None, help="start the generator from this checkpoint (fine-tuning; default: from scratch)")
     for name in ("lr_gen", "lr_critic", "lr_gan", "minutes_gen", "minutes_gan", "ema", "clean_prob", "jpeg_prob",
                  "lattice_weight"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name), help=HELP[name] + dflt)
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast + channels_last)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages to run" + dflt)
 
 
 def run(args):

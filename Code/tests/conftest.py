@@ -87,7 +87,7 @@ def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = Non
 def run_server(env: dict | None = None, args: tuple = (), timeout: float = 90):
     """`python -m superres serve` (real uvicorn) on a free port in a subprocess; yields (base_url, Popen).
 
-    If it does not come up, the failure includes the server's output."""
+    The server's output goes to the file `Popen.log_path`; if it does not come up, the failure includes it."""
     port = free_port()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     for key in ("HOST", "PORT"):
@@ -97,6 +97,7 @@ def run_server(env: dict | None = None, args: tuple = (), timeout: float = 90):
         proc = subprocess.Popen([sys.executable, "-m", "superres", "serve", "--host", "127.0.0.1",
                                  "--port", str(port), *args], env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=REPO)
+        proc.log_path = log_path
         base = f"http://127.0.0.1:{port}"
         try:
             try:

@@ -70,7 +70,94 @@ def test_bad_arguments(untrained_model_dir, photos, tmp_path):
 
 
 def test_serving_modules_do_not_import_torch():
-    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.serve; "
+    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.jobs, superres.serve; "
             "bad = [m for m in ('torch', 'fastai') if m in sys.modules]; assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
+
+
+# ---- files are never lost (issue 11) ------------------------------------------------------------------------
+def test_same_stem_in_one_folder_gives_two_outputs(untrained_model_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    astronaut().resize((32, 32)).save(src / "x.png")
+    grace_hopper().resize((32, 32)).save(src / "x.jpg")
+    res = enhance("-i", src, "-o", tmp_path / "out", "-s", "2", "--model-dir", untrained_model_dir)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.jpg.png", "x.png.png"]
+    assert "wrote 2 of 2 images" in res.stdout
+
+
+def test_output_into_the_input_folder_never_replaces_an_input(untrained_model_dir, tmp_path):
+    astronaut().resize((32, 32)).save(tmp_path / "x.png")
+    original = (tmp_path / "x.png").read_bytes()
+    res = enhance("-i", tmp_path, "-o", tmp_path, "-s", "2", "--model-dir", untrained_model_dir)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "x.png").read_bytes() == original
+    assert Image.open(tmp_path / "x.png.png").size == (64, 64)
+
+
+def test_existing_outputs_need_overwrite(untrained_model_dir, photos, tmp_path):
+    (tmp_path / "face.png").write_bytes(b"keep me")
+    res = enhance("-i", photos / "face.jpg", "-o", tmp_path, "--model-dir", untrained_model_dir)
+    assert res.returncode == 2 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
+    assert (tmp_path / "face.png").read_bytes() == b"keep me"
+    res = enhance("-i", photos / "face.jpg", "-o", tmp_path, "--overwrite", "--model-dir", untrained_model_dir)
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "face.png").size == (48 * 4, 56 * 4)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_bad_output_folder_is_one_line_and_exit_2(untrained_model_dir, photos, tmp_path, where):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    out = blocker if where == "a file" else blocker / "sub"
+    res = enhance("-i", photos, "-o", out, "--model-dir", untrained_model_dir)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write to the output folder"), res.stderr
+
+
+def test_ctrl_c_leaves_only_whole_files(untrained_model_dir, tmp_path):
+    """SIGINT in the middle of a folder: exit 130, a one-line note, and every file in the output folder is a
+    complete image (saves go to a temporary name first)."""
+    import signal
+    import time
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(8):                              # ~1 s each on 2 cores: time to interrupt after the first
+        astronaut().resize((640 + 8 * i, 640)).save(src / f"p{i}.png")
+    # (as in a terminal: a test run started in the background, e.g. with nohup or `&`, ignores SIGINT, and a
+    # child would inherit that)
+    proc = subprocess.Popen([sys.executable, "-m", "superres", "enhance", "-i", src, "-o", out, "-s", "2",
+                             "--model-dir", untrained_model_dir], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    files = sorted(out.iterdir())
+    assert files and all(p.suffix == ".png" and not p.name.startswith(".") for p in files)
+    for p in files:
+        Image.open(p).load()                        # each one whole
+    assert len(files) < 8
+
+
+def test_webp_lossless_by_default_and_quality(untrained_model_dir, photos, tmp_path):
+    """--ext webp is lossless (the PNG's pixels); -q makes WebP and JPEG lossy at that quality (issue 12)."""
+    import numpy as np
+    runs = {"png": (), "webp": ("--ext", "webp"), "webp_q": ("--ext", "webp", "-q", "60"), "jpg_q": ("--ext", "jpg", "-q", "40")}
+    outs = {}
+    for name, extra in runs.items():
+        res = enhance("-i", photos / "astro.png", "-o", tmp_path / name, "-s", "2", *extra, "--model-dir", untrained_model_dir)
+        assert res.returncode == 0, res.stderr
+        outs[name] = next((tmp_path / name).iterdir())
+    pixels = {k: np.asarray(Image.open(p).convert("RGB")).astype(int) for k, p in outs.items()}
+    assert np.array_equal(pixels["webp"], pixels["png"])
+    assert 0 < np.abs(pixels["webp_q"] - pixels["png"]).mean() < 8 and 0 < np.abs(pixels["jpg_q"] - pixels["png"]).mean() < 8
+    res = enhance("-i", photos / "astro.png", "-o", tmp_path / "bad", "-q", "0", "--model-dir", untrained_model_dir)
+    assert res.returncode == 2 and "--quality" in res.stderr

@@ -194,3 +194,23 @@ def test_load_from_path(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageError, match="empty"):
         load_image(tmp_path / "empty.png")
+
+
+def test_probe_reads_the_header_only():
+    """A PNG's pixels are not decoded by the probe (issue 11: Pillow's PNG getexif decoded them on the event
+    loop): a PNG cut off in its pixel data still probes, while loading it says it is damaged."""
+    data = truncated_png()
+    assert probe(data) == (200, 200)
+    with pytest.raises(ImageError, match="damaged"):
+        load_image(data)
+
+
+def test_saving_to_a_path_is_atomic(tmp_path):
+    """A save that fails half-way leaves neither a broken file under the real name nor its temporary file."""
+    from superres.imaging import save
+    dest = tmp_path / "out.png"
+    save(small_rgb(), dest)
+    before = dest.read_bytes()
+    with pytest.raises(Exception):
+        save(small_rgb(), dest, "PNG", compress_level=99)     # Pillow refuses the level after opening the file
+    assert dest.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]

@@ -87,15 +87,39 @@ def test_tiling_equals_whole_image(enhancer, scale):
 
 def test_auto_tile_bounds_network_input(enhancer):
     from superres.inference import MAX_NET_INPUT
-    for scale in (2, 4):
-        t = enhancer.auto_tile(scale)
-        assert t % 32 == 0 and t + 64 <= MAX_NET_INPUT
+    t = enhancer.auto_tile()
+    assert t % 32 == 0 and t + 64 <= MAX_NET_INPUT
 
 
 def test_progress_callback(enhancer):
     seen = []
     enhancer.enhance_array(np.zeros((100, 100, 3), np.uint8), 2, tile=64, progress=lambda d, t: seen.append((d, t)))
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_progress_can_stop_the_work_at_the_next_tile(enhancer):
+    """The web app's cancel and timeout: the callback raises and no further tile runs."""
+    from superres.inference import Cancelled
+    seen = []
+
+    def stop_after_two(done, total):
+        seen.append(done)
+        if done == 2:
+            raise Cancelled()
+    with pytest.raises(Cancelled):
+        enhancer.enhance(Image.new("RGB", (200, 200)), 2, tile=64, progress=stop_after_two)
+    assert seen == [0, 1, 2]                       # of 16 tiles
+
+
+def test_work_counts_padding_and_tile_context(enhancer):
+    """What an image costs is the network's input: a thin strip is padded to 32 rows and cut into many tiles."""
+    square = enhancer.work(256, 256)
+    assert square == 256 * 256                     # one tile, no padding
+    thin = enhancer.work(65536, 1)
+    assert thin > 30 * 65536 and thin > 30 * square
+    assert enhancer.work(16_000_000, 1) > 500e6    # issue 11's 0.32 MB PNG: a 512-megapixel job
+    tile, pad, ys, xs = enhancer.tiles(1000, 700, tile=320)
+    assert (tile, pad, len(ys), len(xs)) == (320, 32, 3, 4)
 
 
 def test_strength_blends_and_is_cached(enhancer):

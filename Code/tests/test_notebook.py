@@ -2,16 +2,21 @@
 
 The slow test executes it end to end in SMOKE mode (SUPERRES_SMOKE=1: two sample photos, tiny crops, 1 epoch
 per stage, ~1-2 min on 2 CPU cores) with nbclient, on a copy in a temp folder, so nothing is written into the
-repo; then checks the model folder it exported. The quick test checks the committed file itself.
+repo; then checks the model folder it exported and runs the command lines the notebook printed for it. The quick
+test checks the committed file itself.
 """
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port, wait_http
 
 CODE = Path(__file__).resolve().parents[1]
 NOTEBOOK = CODE / "SuperResolution.ipynb"
@@ -30,6 +35,7 @@ def test_committed_notebook_is_clean():
     assert all(not c.outputs and c.execution_count is None for c in nb.cells if c.cell_type == "code")
     cells = code_cells(nb)
     assert "REPO_URL" in cells[0] and "google.colab" in cells[0] and "KAGGLE" in cells[0]
+    assert "YOUR-ACCOUNT" not in cells[0]          # runs without edits where the repository was uploaded or cloned
     params = next(c for c in cells if "SMOKE = False" in c)
     for name in ("DATA", "VALID", "SCALES", "HR_SIZE", "EPOCHS", "PRETRAINED = False", "SUPERRES_SMOKE"):
         assert name in params, name
@@ -91,3 +97,22 @@ def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     for err in card["onnx_max_abs_error_vs_torch"].values():
         assert err < 1e-3
+
+    # the commands the notebook printed for its own model folder work as printed
+    commands = [line[2:] for line in text.splitlines() if line.startswith("$ python -m superres ")]
+    assert [shlex.split(c)[3] for c in commands] == ["enhance", "serve"], commands
+    for command in commands:
+        argv = [sys.executable, *shlex.split(command)[1:]]
+        if argv[3] == "enhance":
+            res = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=300)
+            assert res.returncode == 0, res.stderr
+            assert (work / "runs" / "smoke" / "enhanced" / "demo_input.png").is_file()
+        else:
+            port = free_port()                     # the printed port may be taken on a test machine
+            argv[argv.index("--port") + 1] = str(port)
+            server = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_http(f"http://127.0.0.1:{port}/healthz", 120, server)
+            finally:
+                server.terminate()
+                server.wait(10)

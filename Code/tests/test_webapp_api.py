@@ -1,6 +1,7 @@
 """The web app's API against a real uvicorn server (python -m superres serve in a subprocess)."""
 import asyncio
 import functools
+import hashlib
 import http.server
 import io
 import os
@@ -145,6 +146,8 @@ def test_limits(strict_server):
     r = post(strict_server, _bytes(small_rgb(200, 200), "PNG"), scale=4)   # 0.64 MP out > 0.3
     assert r.status_code == 413 and "Choose ×2" in r.json()["error"]
     assert post(strict_server, _bytes(small_rgb(200, 200), "PNG"), scale=2).status_code == 200
+    # at the limit and not square: padding makes it cost 14% more than a square image, which is no reason to refuse
+    assert post(strict_server, _bytes(small_rgb(200, 250), "PNG"), scale=2).status_code == 200
 
 
 def test_busy_answers_429(strict_server):
@@ -222,8 +225,9 @@ def archive_server(untrained_model_dir, tmp_path_factory):
 
 
 def test_model_url_fetched_and_checked(archive_server, tmp_path):
+    digest = hashlib.sha256(httpx.get(archive_server + "/model.zip").content).hexdigest()
     env = {"MODEL_URL": archive_server + "/model.zip", "MODEL_DIR": str(tmp_path / "unused"),
-           "MODEL_CACHE": str(tmp_path / "cache")}
+           "MODEL_CACHE": str(tmp_path / "cache"), "MODEL_SHA256": digest}
     with run_server(env) as (base, _):
         assert httpx.get(base + "/healthz").json()["models_loaded"] is True
         assert post(base, _bytes(small_rgb(), "PNG"), scale=2).status_code == 200
@@ -235,11 +239,17 @@ def serve_fails(env, *args) -> subprocess.CompletedProcess:
                           env=full, capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
-@pytest.mark.parametrize("path,words", [("/tampered.tar.gz", "does not match its model card"),
-                                        ("/missing.zip", "HTTP 404")])
-def test_model_url_failures_are_clear(archive_server, tmp_path, path, words):
-    res = serve_fails({"MODEL_URL": archive_server + path, "MODEL_CACHE": str(tmp_path)})
+@pytest.mark.parametrize("path,env,words", [
+    ("/tampered.tar.gz", {"MODEL_SHA256": "skip"}, "does not match its model card"),
+    ("/missing.zip", {"MODEL_SHA256": "skip"}, "HTTP 404"),
+    ("/model.zip", {}, "MODEL_URL needs MODEL_SHA256"),                    # no checksum: refused (issue 11)
+    ("/model.zip", {"MODEL_SHA256": "0" * 64}, "not MODEL_SHA256"),
+    ("/model.zip", {"MODEL_SHA256": "skip", "MODEL_MAX_MB": "0.5"}, "MB limit (MODEL_MAX_MB)"),
+])
+def test_model_url_failures_are_clear(archive_server, tmp_path, path, env, words):
+    res = serve_fails({"MODEL_URL": archive_server + path, "MODEL_CACHE": str(tmp_path), **env})
     assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+    assert [p.name for p in tmp_path.iterdir()] == []                       # nothing left behind
 
 
 def test_missing_models_stop_the_server_with_a_clear_message(tmp_path):

@@ -10,10 +10,14 @@
   };
   const ACCEPTED = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff"];
 
-  let file = null;           // the chosen File
+  // the server's own words for a file it cannot read (superres.imaging.UnsupportedImage)
+  const NOT_AN_IMAGE = "This file is not an image we can read. Use PNG, JPEG, WebP, GIF, BMP or TIFF.";
+
+  let file = null;           // the chosen File, once it is known to be an image
   let dims = null;           // {w, h} once the browser decoded it (unknown for TIFF)
   let previewURL = null, resultURL = null;
   let busy = false;
+  let chosen = 0;            // counts choices, so that a slow decode of an earlier file is ignored
 
   const fmtBytes = (n) => n < 1024 * 1024 ? `${Math.max(1, Math.round(n / 1024))} KB` : `${(n / 1048576).toFixed(1)} MB`;
   const fmtSize = (w, h) => `${w} × ${h} px`;
@@ -37,37 +41,70 @@
   function updateButton() {
     $("enhance").disabled = busy || !file;
     $("enhance").textContent = busy ? "Enhancing…" : "Enhance Image";
+    $("cancel").hidden = !busy;
+  }
+
+  // TIFF is the one format we read that browsers do not show: recognised by its first bytes instead
+  async function isTiff(f) {
+    const b = new Uint8Array(await f.slice(0, 4).arrayBuffer());
+    return (b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a && b[3] === 0) ||
+           (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0 && b[3] === 0x2a);
+  }
+
+  function clearChoice() {
+    file = null;
+    dims = null;
+    $("preview").removeAttribute("src");
+    $("preview-box").hidden = true;
+    $("drop-empty").hidden = false;
+    updateOutputSize();
+    updateButton();
   }
 
   function choose(f) {
     if (!f) return;
     if (busy) { showError("Please wait for the current image to finish."); return; }
     showError("");
+    $("note").hidden = true;
     if (f.type && !ACCEPTED.includes(f.type) && !/\.(tiff?|png|jpe?g|webp|gif|bmp)$/i.test(f.name)) {
-      showError(`“${f.name}” is not an image this app reads. Use PNG, JPEG, WebP, GIF, BMP or TIFF.`);
+      clearChoice();
+      showError(NOT_AN_IMAGE);
       return;
     }
     if (f.size > limits.uploadMB * 1048576) {
       showError(`This file is ${fmtBytes(f.size)}; the limit is ${limits.uploadMB} MB. Try a smaller image.`);
       return;
     }
-    file = f;
+    const token = ++chosen;
+    file = null;                          // Enhance stays off until the file is known to be an image
     dims = null;
     if (previewURL) URL.revokeObjectURL(previewURL);
     previewURL = URL.createObjectURL(f);
     const img = $("preview");
     img.onload = () => {
+      if (token !== chosen) return;
+      file = f;
       dims = { w: img.naturalWidth, h: img.naturalHeight };
       $("input-size").textContent = `${fmtSize(dims.w, dims.h)} · ${fmtBytes(f.size)}`;
       if ((dims.w * dims.h) / 1e6 > limits.inputMP) {
         showError(`This image has ${((dims.w * dims.h) / 1e6).toFixed(1)} megapixels; the limit is ${limits.inputMP}.`);
       }
       updateOutputSize();
+      updateButton();
     };
-    img.onerror = () => {   // e.g. TIFF: the browser cannot show it, the server can still read it
-      img.removeAttribute("src");
-      $("input-size").textContent = `${fmtBytes(f.size)} · no preview for this format`;
-      updateOutputSize();
+    img.onerror = async () => {
+      if (token !== chosen) return;
+      if (await isTiff(f)) {              // the server reads it; the browser just cannot show it
+        if (token !== chosen) return;
+        file = f;
+        img.removeAttribute("src");
+        $("input-size").textContent = `${fmtBytes(f.size)} · no preview for this format`;
+        updateOutputSize();
+        updateButton();
+      } else {
+        clearChoice();
+        showError(NOT_AN_IMAGE);
+      }
     };
     img.src = previewURL;
     $("file-name").textContent = f.name || "Pasted image";
@@ -110,12 +147,25 @@
   document.querySelectorAll('input[name="scale"]').forEach((r) => r.addEventListener("change", updateOutputSize));
   showStrength();
 
-  // --- enhancing ------------------------------------------------------------------------------------------
+  // --- output format ----------------------------------------------------------------------------------------
+  const format = $("format");
+  const showQuality = () => { $("quality-box").hidden = !["webp", "jpeg"].includes(format.value); };
+  format.addEventListener("change", showQuality);
+  showQuality();
+  function formatFields() {               // the select's value -> the API's format and quality fields
+    const lossy = format.value === "webp" || format.value === "jpeg";
+    return { format: format.value.replace("-lossless", ""), quality: lossy ? $("quality").value : "" };
+  }
+
+  // --- enhancing: a job (POST /api/jobs), its progress (GET), its result, or Cancel (DELETE) ----------------
+  let job = null;            // {status_url, result_url, xhr, started, firstTile, scale} while one runs
+
   function progress(fraction, text) {
     $("progress").hidden = false;
-    const bar = $("progress-fill").parentElement;
+    const bar = $("progress-bar");
     bar.classList.toggle("indeterminate", fraction === null);
-    $("progress-fill").style.width = fraction === null ? "" : `${Math.round(fraction * 100)}%`;
+    $("progress-fill").style.width = fraction === null ? "" : `${(fraction * 100).toFixed(1)}%`;
+    if (fraction === null) bar.removeAttribute("aria-valuenow"); else bar.setAttribute("aria-valuenow", (fraction * 100).toFixed(1));
     $("status").textContent = text;
   }
 
@@ -125,71 +175,134 @@
     return `The server could not enhance this image (error ${status}).`;
   }
 
+  async function errorText(response) {    // a fetch Response or the text of one
+    try { const j = JSON.parse(typeof response === "string" ? response : await response.text()); if (j.error) return j.error; } catch (_) { /* not JSON */ }
+    return null;
+  }
+
+  function finish(message, error) {
+    job = null;
+    busy = false;
+    updateButton();
+    $("progress").hidden = true;
+    if (error) showError(error);
+    $("note").textContent = message || "";
+    $("note").hidden = !message;
+  }
+
   $("form").addEventListener("submit", (e) => {
     e.preventDefault();
     if (busy || !file) return;            // no double submits
     busy = true;
     updateButton();
     showError("");
+    $("note").hidden = true;
     const s = scale();
     const body = new FormData();
     body.append("file", file, file.name || "image.png");
     body.append("scale", String(s));
     body.append("strength", strength.value);
+    const fields = formatFields();
+    body.append("format", fields.format);
+    if (fields.quality) body.append("quality", fields.quality);
 
     const xhr = new XMLHttpRequest();
-    const started = performance.now();
-    let timer = null;
-    xhr.open("POST", "/api/enhance");
-    xhr.responseType = "blob";
+    job = { xhr, scale: s, started: performance.now() };
+    xhr.open("POST", "/api/jobs");
     xhr.upload.onprogress = (ev) => {
-      if (ev.lengthComputable) progress(0.25 * ev.loaded / ev.total, `Uploading… ${Math.round(100 * ev.loaded / ev.total)}%`);
+      if (ev.lengthComputable) progress(0, `Uploading… ${Math.round(100 * ev.loaded / ev.total)}%`);
     };
-    xhr.upload.onload = () => {
-      const tick = () => progress(null, `Enhancing ×${s}… ${Math.round((performance.now() - started) / 1000)} s`);
-      tick();
-      timer = setInterval(tick, 500);
-    };
-    xhr.onprogress = (ev) => {
-      if (timer) { clearInterval(timer); timer = null; }
-      if (ev.lengthComputable) progress(0.75 + 0.25 * ev.loaded / ev.total, `Downloading the result… ${Math.round(100 * ev.loaded / ev.total)}%`);
-    };
-    const finish = () => { if (timer) clearInterval(timer); busy = false; updateButton(); };
-    xhr.onerror = () => { finish(); $("progress").hidden = true; showError("Could not reach the server. Check your connection and try again."); };
+    xhr.onerror = () => finish("", "Could not reach the server. Check your connection and try again.");
+    xhr.onabort = () => finish("Cancelled.");
     xhr.onload = async () => {
-      finish();
-      $("progress").hidden = true;
-      if (xhr.status !== 200) {
-        let message = fallbackError(xhr.status);
-        try { const j = JSON.parse(await xhr.response.text()); if (j.error) message = j.error; } catch (_) { /* not JSON */ }
-        showError(message);
-        return;
-      }
-      const seconds = ((performance.now() - started) / 1000).toFixed(1);
-      showResult(xhr.response, xhr.getResponseHeader("X-Output-Size"), xhr.getResponseHeader("Content-Disposition"), s, seconds);
+      if (xhr.status !== 202) { finish("", (await errorText(xhr.responseText)) || fallbackError(xhr.status)); return; }
+      Object.assign(job, JSON.parse(xhr.responseText), { xhr: null });
+      poll();
     };
     progress(0, "Uploading…");
     xhr.send(body);
   });
 
-  function showResult(blob, sizeHeader, disposition, s, seconds) {
+  function secondsLeft(j) {               // from the pace of the tiles so far; for big jobs only
+    if (!job.firstTile || j.tiles_total < 4 || j.tiles_done < 1) return "";
+    const perTile = (performance.now() - job.firstTile) / 1000 / j.tiles_done;
+    const left = Math.round(perTile * (j.tiles_total - j.tiles_done));
+    return left >= 3 ? ` · about ${left} s left` : "";
+  }
+
+  async function poll() {
+    const current = job;
+    if (!current || !current.status_url) return;
+    let r;
+    try { r = await fetch(current.status_url, { cache: "no-store" }); } catch (_) { r = null; }
+    if (job !== current) return;          // cancelled or replaced meanwhile
+    if (!r || !r.ok) { finish("", (r && await errorText(r)) || "Lost track of the job on the server. Please try again."); return; }
+    const j = await r.json();
+    if (j.state === "queued") {
+      const ahead = j.queue_position - 1;
+      progress(0, ahead > 0 ? `Waiting in the queue: ${ahead} image${ahead > 1 ? "s" : ""} ahead of yours` : "Waiting in the queue: yours is next");
+    } else if (j.state === "running") {
+      if (!current.firstTile) current.firstTile = performance.now();
+      const tiles = j.tiles_total ? ` · tile ${j.tiles_done} of ${j.tiles_total}` : "";
+      progress(j.progress, `Enhancing ×${current.scale}… ${Math.round(j.progress * 100)}%${tiles}${secondsLeft(j)}`);
+    } else if (j.state === "done") {
+      progress(1, "Downloading the result…");
+      await fetchResult(current);
+      return;
+    } else if (j.state === "failed") {
+      finish("", j.error || "The server could not enhance this image.");
+      return;
+    } else if (j.state === "cancelled") {
+      finish("Cancelled.");
+      return;
+    }
+    setTimeout(poll, 250);
+  }
+
+  async function fetchResult(current) {
+    let r;
+    try { r = await fetch(current.result_url); } catch (_) { r = null; }
+    if (job !== current) return;
+    if (!r || !r.ok) { finish("", (r && await errorText(r)) || "Could not download the result. Please try again."); return; }
+    const blob = await r.blob();
+    const seconds = ((performance.now() - current.started) / 1000).toFixed(1);
+    finish("");
+    await showResult(blob, r.headers.get("X-Output-Size"), r.headers.get("Content-Disposition"), current.scale, seconds);
+  }
+
+  $("cancel").addEventListener("click", async () => {
+    const current = job;
+    if (!current) return;
+    if (current.xhr) { current.xhr.abort(); return; }     // still uploading
+    $("cancel").disabled = true;
+    progress(null, "Cancelling…");
+    try { await fetch(current.status_url, { method: "DELETE" }); } catch (_) { /* the poll will tell */ }
+    $("cancel").disabled = false;
+  });
+
+  async function showResult(blob, sizeHeader, disposition, s, seconds) {
     if (resultURL) URL.revokeObjectURL(resultURL);
     resultURL = URL.createObjectURL(blob);
     const [w, h] = (sizeHeader || "").split("x").map(Number);
     const m = /filename="([^"]+)"/.exec(disposition || "");
     const name = m ? m[1] : `enhanced_x${s}.png`;
-    $("after").src = resultURL;
+    const ext = name.split(".").pop().toUpperCase().replace("JPG", "JPEG");
+    const after = $("after");
+    after.src = resultURL;
     $("before-clip").hidden = !dims;      // no "before" when the browser could not show the original
     $("before").src = dims ? previewURL : "";
-    $("result-size").textContent = `${w && h ? fmtSize(w, h) : ""} · ${fmtBytes(blob.size)} PNG · ${seconds} s`;
+    $("result-size").textContent = `${w && h ? fmtSize(w, h) : ""} · ${fmtBytes(blob.size)} ${ext} · ${seconds} s`;
     $("result-size").dataset.width = w || "";
     $("result-size").dataset.height = h || "";
     const dl = $("download");
     dl.href = resultURL;
     dl.download = name;
+    dl.textContent = `Download ${ext}`;
     $("result").hidden = false;
     setPos(50);
-    $("result").scrollIntoView({ behavior: "smooth", block: "start" });
+    try { await after.decode(); } catch (_) { /* shown anyway */ }
+    // only now is the card its final height: bring all of it into view (not just its top)
+    $("result").scrollIntoView({ block: "nearest" });
   }
 
   // --- before/after slider ---------------------------------------------------------------------------------
