@@ -444,7 +444,7 @@ def arch_files(desc: dict) -> dict[str, str]:
 def plan_files() -> dict[str, str]:
     """The targets of the plan (issue 3), as `superres.evaluate` checks them, without measurements."""
     try:
-        from .evaluate import check_targets
+        from .results import check_targets
     except ImportError:
         return {"plan_targets.tex": header("superres.evaluate") + NOT_MEASURED + "\n"}
     return {"plan_targets.tex": targets_tabular(check_targets([], [], 0.5), measured=False)}
