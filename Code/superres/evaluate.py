@@ -6,7 +6,7 @@ LapSRN on the same inputs in one run, and time them. A benchmark that prints and
     python -m superres evaluate --model-dir runs/default/export --sets Set5 --scales 4
 
 Writes into --out (default Code/results/):
-    evaluation.json               the numbers (schema below), for the README and the write-up
+    evaluation.json               the numbers (schema: superres.results), for the README and the write-up
     evaluation.md                 the same as Markdown tables, with the targets checked
     evaluation_per_image.csv      one row per image and method (for error bars and paired tests)
     samples/*.png, samples/README.md   crops: input / bicubic / LapSRN / ours s=0 / ours s=1 / target,
@@ -29,14 +29,14 @@ the HR cropped to the same size, with `scale` pixels shaved on each side (the pu
 Means over the images of a set (medians for lattice and spectral). Speed: each method runs in its own child process (so peak memory is its
 own): load, one warm-up, then the median of several runs of x4 on a 256x256 input (output 1024x1024).
 
-evaluation.json's schema, the set and method names and the targets live in superres.results.
-
 Time: the quality part is ~580 CPU-seconds (358 images x 8 methods: LapSRN ~36 %, ours at 3 strengths ~35 %,
 scoring ~26 %), run by --jobs single-threaded worker processes, so ~5 min on 2 idle cores; the timing part adds
 ~1 min. `--scales 4` halves the portrait work; `--limit N` and `--sets` make quick runs.
 
-The parts: superres.benchmark (test sets, methods), superres.scoring (quality; the only part that imports
-torch), superres.timing (speed, in child processes), superres.evaluation_output (Markdown, CSV, samples).
+This module is the command and its order of work. The parts: superres.results (evaluation.json's schema, the
+set and method names, the targets), superres.benchmark (test sets, methods), superres.scoring (quality; it
+imports torch when it scores), superres.timing (speed, in child processes without torch),
+superres.evaluation_output (Markdown, CSV, sample grids).
 """
 from __future__ import annotations
 

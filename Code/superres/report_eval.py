@@ -126,7 +126,8 @@ def findings(report: dict, short: bool = False) -> str:
             b = pick(rows, key=lambda r: r[pk])
             best = f"; best {PERCEPTUAL_TITLES.get(pk, tex(pk))}: {method_label(b['method'], b.get('strength'))} ({b[pk]:.4f})"
         if parts:
-            items.append(f"\\item {tex(set_title(set_name, caption=True))} $\\times{scale}$: " + ", ".join(parts) + best + ".")
+            title = tex(set_title(set_name, caption=True))
+            items.append(f"\\item {title} $\\times{scale}$: " + ", ".join(parts) + best + ".")
     return "\n".join(["\\begin{itemize}", *items, "\\end{itemize}", ""]) if items else NOT_MEASURED + "\n"
 
 

@@ -1,6 +1,6 @@
 """What an evaluation records and how it is named: the one home of evaluation.json's schema, the test sets,
 methods and scores, their order, labels and titles, the data credits and the targets. `evaluate` writes
-these results, `report` and the README read them; numpy-free, torch-free.
+these results and `report` reads them; plain Python (no numpy, no torch).
 
 evaluation.json (format 1): {format, created, command, data_root, limit, seconds,
 machine{cpu, cores, threads, platform, python, loadavg_start, loadavg_end, versions},
@@ -173,8 +173,8 @@ def check_targets(quality, speed, default_strength=0.5) -> list[dict]:
                       SPECTRAL_MAX_S1, sp1 is not None and sp1 <= SPECTRAL_MAX_S1))
     rb = find(quality, "portraits512", 4, "bicubic")
     h1, hb = (None if r is None else r.get(PERCEPTUAL) for r in (r1, rb))
-    out.append(target("haarpsi_s1", f"portraits512 x4, strength 1: {PERCEPTUAL_TITLES[PERCEPTUAL]} >= bicubic's", h1, hb,
-                      h1 is not None and hb is not None and h1 >= hb))
+    out.append(target("haarpsi_s1", f"portraits512 x4, strength 1: {PERCEPTUAL_TITLES[PERCEPTUAL]} >= bicubic's",
+                      h1, hb, h1 is not None and hb is not None and h1 >= hb))
     ours = next((r for r in speed if r["method"] == "ours" and r["options"].get("tile") == "auto"
                  and r.get("scale", 4) == 4), None)
     lap = next((r for r in speed if r["method"] == "lapsrn" and r.get("scale", 4) == 4), None)
