@@ -189,14 +189,13 @@ def draw(desc: dict, path=None, dpi: int = 110):
     ax.set_ylim(0, 115)
     ax.axis("off")
 
-    def box(x, y, w, h, text, color, fs=11, weight="normal", ec=None, lw=1.2, ls="-", align="center"):
+    def box(x, y, w, h, text, color, fs=11, weight="normal", ec=None, lw=1.2, ls="-"):
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.25,rounding_size=1.2", fc=color,
                                     ec=ec or COLORS["edge"], lw=lw, ls=ls))
-        tx = x + w / 2 if align == "center" else x + 1.2
-        ax.text(tx, y + h / 2, text, ha=align, va="center", fontsize=fs, weight=weight, linespacing=1.25)
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fs, weight=weight, linespacing=1.25)
 
-    def arrow(p, q, color=None, lw=1.6, ls="-", rad=0.0, style="-|>", ms=14):
-        ax.add_patch(FancyArrowPatch(p, q, arrowstyle=style, mutation_scale=ms, color=color or COLORS["edge"],
+    def arrow(p, q, color=None, lw=1.6, ls="-", rad=0.0, style="-|>"):
+        ax.add_patch(FancyArrowPatch(p, q, arrowstyle=style, mutation_scale=14, color=color or COLORS["edge"],
                                      lw=lw, ls=ls, connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
 
     def label(x, y, text, fs=11, color="black", ha="center", weight="normal", style="normal"):

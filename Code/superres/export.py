@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .models import SIZE_MULTIPLE, Generator, UnetConfig, n_params
+from .models import SIZE_MULTIPLE, Generator, UnetConfig, load_network, n_params
 
 FORMAT = 2   # 1: x2 generator + x2 up-sampler chain; 2: one generator per scale
 CARD = "model_card.json"
@@ -139,6 +139,51 @@ def export_untrained(out_dir, cfg: UnetConfig | None = None, seed: int = 0, scal
     return export_models(networks, out_dir, {"untrained": True, "note": "random weights, for tests only"})
 
 
+TRAINING_SETS = {
+    "portraits/train": "portraits: Face Research Lab London Set (DeBruine & Jones 2017, CC BY 4.0), Young Adult "
+                       "White Faces and young adult composite faces (DeBruine, CC BY 4.0), webmorphR.stim (CC0), "
+                       "inter-faces (Pexels/Unsplash, CC0)",
+    "general/train": "general photos: T91 (Yang et al., IEEE TIP 2010; no open licence, conventional academic SR "
+                     "training use) and BSDS200 (Martin et al., ICCV 2001; research/academic use)",
+}
+
+
+def training_sets(data: str) -> list[str]:
+    """Credit and licence of each training folder in `data` (comma-separated), as far as they are known."""
+    out = []
+    for folder in (f for f in data.split(",") if f):
+        name = "/".join(Path(folder).parts[-2:])
+        out.append(f"{name}: {TRAINING_SETS.get(name, 'unknown source: say where it comes from')}")
+    return out
+
+
+def export_runs(run_dirs, out_dir) -> dict:
+    """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run)."""
+    networks, card = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        record = json.loads((run_dir / "record.json").read_text())
+        cfg, ck = record["config"], run_dir / "checkpoints"
+        faithful = load_network(ck / "generator_faithful.pt")
+        gan_path = ck / "generator_gan.pt"
+        gan = load_network(gan_path) if gan_path.exists() else faithful
+        scale = str(faithful.cfg.scale)
+        if scale in networks:
+            raise ValueError(f"two runs for x{scale}: {run_dirs}")
+        networks[scale] = (faithful.eval(), gan.eval())
+        card["data"][f"x{scale}"] = {"train": cfg["data"], "valid": cfg["valid"], "hr_crop": cfg["hr_size"],
+                                     "training_sets": training_sets(cfg["data"]),
+                                     "degradation": record.get("degradation")}
+        card["losses"][f"x{scale}"] = {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
+                                       "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"
+                                              + (f", + {cfg['lattice_weight']:g} x lattice loss in the content term"
+                                                 if cfg.get("lattice_weight") else "")}
+        card["stages"][f"x{scale}"] = record["stages"]
+        card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
+                                         "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}
+    return export_models(networks, out_dir, card)
+
+
 # ---- CLI -------------------------------------------------------------------------------------------
 def add_arguments(p):
     p.add_argument("--run", action="append", default=None,
@@ -153,6 +198,5 @@ def run(args):
     if args.untrained:
         card = export_untrained(out)
     else:
-        from .train import export_runs
         card = export_runs(runs, out)
     print(f"wrote {out}: " + ", ".join(card["sha256"]) + f", {CARD}")

@@ -178,6 +178,19 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# ---- a generator checkpoint: {"config": UnetConfig fields, "model": state dict} ----------------------
+def save_network(model: Generator, path) -> None:
+    torch.save({"config": model.cfg.to_dict(), "model": {k: v.contiguous() for k, v in model.state_dict().items()}},
+               path)
+
+
+def load_network(path) -> Generator:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = Generator(UnetConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
 @torch.no_grad()
 def interpolate_weights(faithful: dict, gan: dict, strength: float) -> dict:
     """ESRGAN's network interpolation: 0 = faithful (pre-GAN) weights, 1 = GAN weights."""

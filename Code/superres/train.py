@@ -5,8 +5,8 @@
     3. gan         GAN fine-tuning, GANLearner.from_learners (AdaptiveGANSwitcher) -> generator_gan.pt
 
 One run trains one scale (`--scale 4` or `--scale 2`): the generator works at the input's size and its
-PixelShuffle head makes the output, so x4 is one network, not a chain. `export_runs` puts the x4 and x2
-runs into one model folder.
+PixelShuffle head makes the output, so x4 is one network, not a chain. `superres.export.export_runs` puts
+the x4 and x2 runs into one model folder.
 
 Every stage checkpoints each epoch into <run>/checkpoints and resumes from there when re-run; a stage
 whose final weights exist is skipped. <run>/record.json keeps what was done and measured.
@@ -40,9 +40,10 @@ from torch import nn
 
 from .data import Degradation, sr_dataloaders
 from .distributed import ddp, from_rank0, init_distributed, is_main
+from .export import export_runs  # noqa: F401  (the notebook imports it from here, beside train)
 from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
-from .models import Generator, UnetConfig, make_critic, n_params
+from .models import Generator, UnetConfig, load_network, make_critic, n_params, save_network
 
 STAGES = ("generator", "critic", "gan")
 
@@ -237,20 +238,6 @@ class GeneratedVsReal(Callback):
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-def save_network(model: Generator, path):
-    if not is_main():   # under DDP every rank has the same weights; rank 0 writes them
-        return
-    torch.save({"config": model.cfg.to_dict(), "model": {k: v.contiguous() for k, v in model.state_dict().items()}},
-               path)
-
-
-def load_network(path) -> Generator:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = Generator(UnetConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
 def fit_resumable(learn: Learner, name: str, epochs: int, lr, one_cycle: bool = True, minutes: float = 0.0,
                   extra_cbs=()):
     """fit (one-cycle or constant LR), resuming from `<name>_last` if an earlier run was interrupted.
@@ -359,7 +346,8 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
         learn.unfreeze()
     times = fit_resumable(learn, "generator", cfg.epochs_gen, cfg.lr_gen, minutes=cfg.minutes_gen,
                           extra_cbs=[EMA(cfg.ema)] if cfg.ema else [])
-    save_network(model, out)
+    if is_main():   # under DDP every rank has the same weights; rank 0 writes them
+        save_network(model, out)
     run.finish_stage("generator", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gen, cfg.minutes_gen),
                      params=n_params(model), loss=getattr(loss_func, "name", type(loss_func).__name__), ema=cfg.ema,
                      init=cfg.init)
@@ -410,7 +398,8 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
         opt_func=partial(Adam, mom=0.0), show_img=False, cbs=[GANDiscriminativeLR(mult_lr=5.0)],
         metrics=[psnr_y, ssim_y], path=run.path, model_dir="checkpoints")
     times = fit_resumable(learn, "gan", cfg.epochs_gan, cfg.lr_gan, one_cycle=False, minutes=cfg.minutes_gan)
-    save_network(gen, out)
+    if is_main():   # under DDP every rank has the same weights; rank 0 writes them
+        save_network(gen, out)
     run.finish_stage("gan", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gan, cfg.minutes_gan),
                      weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight)
     return gen
@@ -437,52 +426,6 @@ def train(cfg: TrainConfig, stages=STAGES) -> Run:
 
 
 # What the model card says of each training folder it recognises (../shared/data/README.md).
-TRAINING_SETS = {
-    "portraits/train": "portraits: Face Research Lab London Set (DeBruine & Jones 2017, CC BY 4.0), Young Adult "
-                       "White Faces and young adult composite faces (DeBruine, CC BY 4.0), webmorphR.stim (CC0), "
-                       "inter-faces (Pexels/Unsplash, CC0)",
-    "general/train": "general photos: T91 (Yang et al., IEEE TIP 2010; no open licence, conventional academic SR "
-                     "training use) and BSDS200 (Martin et al., ICCV 2001; research/academic use)",
-}
-
-
-def training_sets(data: str) -> list[str]:
-    """Credit and licence of each training folder in `data` (comma-separated), as far as they are known."""
-    out = []
-    for folder in (f for f in data.split(",") if f):
-        name = "/".join(Path(folder).parts[-2:])
-        out.append(f"{name}: {TRAINING_SETS.get(name, 'unknown source: say where it comes from')}")
-    return out
-
-
-def export_runs(run_dirs, out_dir) -> dict:
-    """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run)."""
-    from .export import export_models
-    networks, card = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}
-    for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        record = json.loads((run_dir / "record.json").read_text())
-        cfg, ck = record["config"], run_dir / "checkpoints"
-        faithful = load_network(ck / "generator_faithful.pt")
-        gan_path = ck / "generator_gan.pt"
-        gan = load_network(gan_path) if gan_path.exists() else faithful
-        scale = str(faithful.cfg.scale)
-        if scale in networks:
-            raise ValueError(f"two runs for x{scale}: {run_dirs}")
-        networks[scale] = (faithful.eval(), gan.eval())
-        card["data"][f"x{scale}"] = {"train": cfg["data"], "valid": cfg["valid"], "hr_crop": cfg["hr_size"],
-                                     "training_sets": training_sets(cfg["data"]),
-                                     "degradation": record.get("degradation")}
-        card["losses"][f"x{scale}"] = {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
-                                       "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"
-                                              + (f", + {cfg['lattice_weight']:g} x lattice loss in the content term"
-                                                 if cfg.get("lattice_weight") else "")}
-        card["stages"][f"x{scale}"] = record["stages"]
-        card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
-                                         "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}
-    return export_models(networks, out_dir, card)
-
-
 # ---- CLI --------------------------------------------------------------------------------------------
 HELP = {   # the meaning of each numeric option (TrainConfig's fields)
     "hr_size": "side of the high-resolution training crops in pixels; the input crop is hr_size/scale",

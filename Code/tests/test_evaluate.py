@@ -12,6 +12,10 @@ from PIL import Image
 
 from conftest import SHARED_DATA, astronaut
 from superres import evaluate as ev
+from superres import evaluation_output as eo
+from superres import results
+from superres.benchmark import make_lr
+from superres.timing import measure_speed
 from superres.__main__ import main
 from superres.metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim, ssim_y
 
@@ -90,26 +94,26 @@ def test_lr_making_and_sample_grid():
     hr = astronaut().resize((101, 66))
     hr = hr.crop((0, 0, 100, 64))
     for scale in (2, 4):
-        assert ev.make_lr(hr, scale).size == (100 // scale, 64 // scale)
-        assert ev.make_lr(hr, scale, 40).mode == "RGB"
+        assert make_lr(hr, scale).size == (100 // scale, 64 // scale)
+        assert make_lr(hr, scale, 40).mode == "RGB"
     h = np.asarray(astronaut().resize((128, 128)))
-    parts = {"input": h[::4, ::4], "target": h, ev.label("bicubic", None): h, ev.label("ours", 0.0): h}
-    grid = ev.sample_grid(parts, crop=64)
+    parts = {"input": h[::4, ::4], "target": h, results.label("bicubic", None): h, results.label("ours", 0.0): h}
+    grid = eo.sample_grid(parts, crop=64)
     assert grid.size[0] == 4 * 64 + 3 * 4 and grid.size[1] > 64
 
 
 def test_detail_grid_shows_each_region_enlarged_without_smoothing():
     h = np.asarray(astronaut().resize((256, 256)))
-    parts = {"target": h, ev.label("bicubic", None): h[::-1].copy(), ev.label("ours", 0.5): h}
-    grid = np.asarray(ev.detail_grid(parts, {"eye": (100, 90), "corner": (0, 0)}))
-    c, side, pad, text_h = ev.DETAIL_CROP, ev.DETAIL_CROP * ev.DETAIL_ZOOM, 4, 20
+    parts = {"target": h, results.label("bicubic", None): h[::-1].copy(), results.label("ours", 0.5): h}
+    grid = np.asarray(eo.detail_grid(parts, {"eye": (100, 90), "corner": (0, 0)}))
+    c, side, pad, text_h = eo.DETAIL_CROP, eo.DETAIL_CROP * eo.DETAIL_ZOOM, 4, 20
     assert grid.shape[:2] == (text_h + 2 * (side + pad), 3 * side + 2 * pad)
     # third column (the target), second row (a corner, clamped into the image): nearest-neighbour enlargement
     cell = grid[text_h + side + pad:text_h + 2 * side + pad, 2 * (side + pad):2 * (side + pad) + side]
     assert np.array_equal(cell[40:, 40:], np.repeat(np.repeat(h[:c, :c], 2, 0), 2, 1)[40:, 40:])
 
 
-def test_targets_markdown_and_latex_from_rows():
+def test_targets_and_markdown_from_rows():
     q = [{"set": "portraits512", "scale": 4, "method": "bicubic", "strength": None, "n_images": 3,
           "psnr_y": 34.0, "ssim_y": 0.9, "haarpsi": 0.8, "hf_ratio": 0.2},
          {"set": "portraits512", "scale": 4, "method": "ours", "strength": 0.0, "n_images": 3,
@@ -122,7 +126,7 @@ def test_targets_markdown_and_latex_from_rows():
              {"method": "ours", "strength": 0.5, "options": {"tile": "auto"}, "input": "256x256",
               "output": "1024x1024", "scale": 4, "runs": 5, "seconds_per_image": 0.3, "min_seconds": 0.29,
               "megapixels_per_s": 3.5, "load_seconds": 0.4, "peak_rss_mb": 400.0}]
-    t = {x["id"]: x for x in ev.check_targets(q, speed, 0.5)}
+    t = {x["id"]: x for x in results.check_targets(q, speed, 0.5)}
     assert t["portraits_x4_s0"]["passed"] is True and t["portraits_x4_s0"]["required"] == 36.0
     assert t["jpeg40_x4_default"]["passed"] is None and t["set14_x4_s0"]["passed"] is None   # not measured
     assert t["hf_s1_closer"]["passed"] is True and t["psnr_s1_above_bicubic"]["passed"] is True
@@ -130,13 +134,10 @@ def test_targets_markdown_and_latex_from_rows():
     report = {"command": "python -m superres evaluate", "created": "now", "quality": q, "speed": speed,
               "targets": list(t.values()), "model_card": None,
               "machine": {"cpu": "cpu", "cores": 2, "loadavg_start": 0.1}}
-    md = ev.markdown_report(report)
+    md = eo.markdown_report(report)
     assert "| Ours (s=0) | 36.50 | 2.50 |" in md and "not measured" in md and "| LapSRN | ×4 | 1024x1024 | 2.800 |" in md
-    tables = ev.report_tables(report)
-    assert [r["label"] for r in tables["quality"][("portraits512", 4)]] == ["Bicubic", "Ours (s=0)", "Ours (s=1)"]
-    tex = ev.latex_quality_table(report, "portraits512", 4)
-    assert "\\textbf{36.50}" in tex and tex.count("\\\\") == 4
-    assert "LapSRN & 2.800" in ev.latex_speed_table(report)
+    rows = eo.quality_table(report, "portraits512", 4)
+    assert [r["label"] for r in rows] == ["Bicubic", "Ours (s=0)", "Ours (s=1)"]
 
 
 def test_command_line_lists_only_changed_options():
@@ -151,7 +152,7 @@ def test_command_line_lists_only_changed_options():
 
 
 def test_speed_child_reports_its_own_memory():
-    rows = ev.measure_speed(["bicubic"], "/nonexistent", None, runs=3, log=lambda *a: None)
+    rows = measure_speed(["bicubic"], "/nonexistent", None, runs=3, log=lambda *a: None)
     (r,) = rows
     assert r["input"] == "256x256" and r["output"] == "1024x1024" and r["runs"] >= 3
     assert r["seconds_per_image"] > 0 and r["megapixels_per_s"] > 0
@@ -216,8 +217,8 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
         assert r["n_images"] == 2 and 15 < r["psnr_y"] < 60 and 0 < r["ssim_y"] <= 1
         assert 0 < r["haarpsi"] <= 1 and 0 < r["hf_ratio"] < 5
     # the untrained model is bicubic plus a tiny perturbation: within a dB of bicubic
-    bic = ev.find(report["quality"], "Set5", 4, "bicubic")["psnr_y"]
-    assert abs(ev.find(report["quality"], "Set5", 4, "ours", 0.0)["psnr_y"] - bic) < 1.5
+    bic = results.find(report["quality"], "Set5", 4, "bicubic")["psnr_y"]
+    assert abs(results.find(report["quality"], "Set5", 4, "ours", 0.0)["psnr_y"] - bic) < 1.5
     assert {t["id"] for t in report["targets"]} >= {"portraits_x4_s0", "jpeg40_x4_default", "set5_x4_s0"}
     md = (out / "evaluation.md").read_text()
     assert "untrained" in md and "## Set5 ×4 (2 images)" in md
@@ -226,6 +227,6 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert len(grids) == 2 and "CC BY 4.0" in (out / "samples" / "README.md").read_text()
     # close-ups for the sampled faces whose eye / mouth / hair edge are known (frll_126_03 is among the first two)
     details = sorted((out / "samples").glob("*_x4_details.png"))
-    assert [p.name for p in details] == [f"{g.stem}_details.png" for g in grids if g.stem[:-3] in ev.SAMPLE_DETAILS]
-    side = ev.DETAIL_CROP * ev.DETAIL_ZOOM   # three regions, one row each
+    assert [p.name for p in details] == [f"{g.stem}_details.png" for g in grids if g.stem[:-3] in eo.SAMPLE_DETAILS]
+    side = eo.DETAIL_CROP * eo.DETAIL_ZOOM   # three regions, one row each
     assert details and all(Image.open(p).height == 20 + 3 * (side + 4) for p in details)

@@ -200,7 +200,7 @@ def test_memory_bounded_by_tile_not_image(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np
         from PIL import Image
-        from superres.evaluate import peak_rss_mb   # VmHWM: ru_maxrss would carry pytest's peak over the fork
+        from superres.timing import peak_rss_mb     # VmHWM: ru_maxrss would carry pytest's peak over the fork
         from superres.inference import Enhancer
         from superres.imaging import encode_png, load_image
         img = load_image({str(tmp_path / 'big.jpg')!r})

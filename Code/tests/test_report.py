@@ -1,7 +1,7 @@
 """The write-up (`python -m superres report`): its tables say what evaluation.json says, the architecture
 diagram is drawn from the real networks, and (where LaTeX is installed) the documents build.
 
-The committed check: Report/generated/eval_*.tex equal what `superres.report.eval_files` makes from the
+The committed check: Report/generated/eval_*.tex equal what `superres.report_eval.eval_files` makes from the
 committed Code/results/evaluation.json (or its absence), byte for byte, and every number of every quality row
 in the JSON appears in its table's row. A synthetic evaluation.json (made here, never committed as a result)
 exercises the same code on a full set of rows.
@@ -17,6 +17,10 @@ import pytest
 
 from conftest import require
 from superres import report as rp
+from superres.latex import tex
+from superres.report_eval import eval_files, method_label
+from superres.report_model import _fmt_params, arch_files
+from superres.results import load_json
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATION = REPO / "Code" / "results" / "evaluation.json"
@@ -72,7 +76,7 @@ def check_quality_tables(report: dict, files: dict) -> int:
         name = f"eval_quality_{r['set']}_x{r['scale']}.tex"
         assert name in files, f"no table for {r['set']} x{r['scale']}"
         rows = table_rows(files[name])
-        label = rp.method_label(r["method"], r["strength"])
+        label = method_label(r["method"], r["strength"])
         assert label in rows, f"{label} missing from {name}"
         cells = rows[label]
         assert cells[0] == f"{r['psnr_y']:.2f}"
@@ -94,8 +98,8 @@ def check_quality_tables(report: dict, files: dict) -> int:
 def test_generated_tables_match_committed_evaluation_json():
     """Report/generated/eval_*.tex are exactly what the committed evaluation.json (or its absence) gives."""
     assert GENERATED.is_dir(), "Report/generated/ is missing: run `python -m superres report`"
-    report = rp.load_json(EVALUATION)
-    want = rp.eval_files(report)
+    report = load_json(EVALUATION)
+    want = eval_files(report)
     have = {p.name: p.read_text() for p in GENERATED.glob("eval_*.tex")}
     assert sorted(have) == sorted(want), "run `python -m superres report`: the generated files are stale"
     for name, text in want.items():
@@ -115,7 +119,7 @@ def test_committed_pdfs_exist():
 # ---- the generators on synthetic input ----------------------------------------------------------------
 def test_tables_from_synthetic_evaluation():
     report = synthetic_evaluation()
-    files = rp.eval_files(report)
+    files = eval_files(report)
     assert check_quality_tables(report, files) == len(report["quality"])
     meta = files["eval_meta.tex"]
     # lookups for the prose, e.g. \evalq{portraits512}{4}{ours0}{psnr_y}
@@ -135,7 +139,7 @@ def test_tables_from_synthetic_evaluation():
 
 
 def test_no_evaluation_says_not_measured():
-    files = rp.eval_files(None)
+    files = eval_files(None)
     assert set(files) == {"eval_meta.tex", "eval_findings.tex", "eval_findings_short.tex", "eval_all_quality.tex"}
     assert "\\evalavailablefalse" in files["eval_meta.tex"]
     assert all("notmeasured" in text for text in files.values())
@@ -143,8 +147,8 @@ def test_no_evaluation_says_not_measured():
 
 
 def test_tex_escaping():
-    assert rp.tex("a_b & 50% #1 {x} ~") == r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}"
-    assert rp.tex("x4 256->1024") == r"x4 256-\textgreater{}1024"
+    assert tex("a_b & 50% #1 {x} ~") == r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}"
+    assert tex("x4 256->1024") == r"x4 256-\textgreater{}1024"
 
 
 # ---- the architecture diagram ---------------------------------------------------------------------------
@@ -160,8 +164,8 @@ def test_arch_diagram_from_the_real_networks(tmp_path):
     draw(desc, out)
     with Image.open(out) as im:
         assert im.width >= 1200, im.size
-    files = rp.arch_files(desc)
-    assert rp._fmt_params(desc["generator"]["params"]) in files["arch_table.tex"]
+    files = arch_files(desc)
+    assert _fmt_params(desc["generator"]["params"]) in files["arch_table.tex"]
 
 
 def test_committed_arch_png_is_wide_enough():
