@@ -11,11 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY Code/Web_App/requirements.txt Code/Web_App/requirements.txt
-RUN python -m pip install --no-cache-dir -r Code/Web_App/requirements.txt
-
-# The package (with the shipped models in superres/default_model) and the web app beside it.
+# The package (with the shipped models in superres/default_model), installed with its serving dependencies
+# from pyproject.toml (no extras: no torch, no fastai), and the web app beside it.
+COPY pyproject.toml README.md ./
 COPY Code/superres Code/superres
+RUN python -m pip install --no-cache-dir -e .
 COPY Code/Web_App Code/Web_App
 RUN useradd --create-home --uid 10001 app
 USER app

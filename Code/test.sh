@@ -12,6 +12,6 @@ if [ "$(id -u)" = 0 ] || [ "${CI:-}" = "true" ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # (grep drops this machine's harmless pip index warnings; a failed install still stops the run)
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "test.sh: pip install failed"; exit 1; }
 exec .venv/bin/python -m pytest "$@"
