@@ -20,6 +20,8 @@ from fastai.vision.all import (DynamicUnet, NormType, ConvLayer, create_body, im
 from fastai.vision.gan import gan_critic
 from torch import nn
 
+from .options import option
+
 # The U-Net needs sides that divide by the encoder's total stride; callers pad (see `pad_to_multiple`).
 SIZE_MULTIPLE = 32
 
@@ -27,10 +29,11 @@ SIZE_MULTIPLE = 32
 @dataclass
 class UnetConfig:
     """Everything needed to rebuild a generator; stored in checkpoints and model cards."""
-    arch: str = "xresnet18"      # xresnet18 | xresnet34 (fastai, any width) | resnet18 | resnet34 (torchvision)
-    widen: float = 0.25          # xresnet width multiplier (1.0 = the standard network)
-    nf: int = 48                 # channels of the low-resolution features (U-Net output, trunk, head input)
-    trunk_blocks: int = 4        # ResBlocks at full low resolution after the U-Net (2 convs each)
+    # xresnet18 | xresnet34 (fastai, any width) | resnet18 | resnet34 (torchvision)
+    arch: str = option("xresnet18", help="encoder: xresnet18, xresnet34, resnet18, resnet34")
+    widen: float = option(0.25, help="xresnet width multiplier")                  # 1.0 = the standard network
+    nf: int = option(48, help="channels of the low-resolution features")          # U-Net output, trunk, head input
+    trunk_blocks: int = option(4, help="ResBlocks after the U-Net")               # at full low resolution, 2 convs each
     self_attention: bool = True
     blur: bool = True
     last_cross: bool = False     # fastai's full-resolution ResBlock on [U-Net output, input]; the trunk replaces it

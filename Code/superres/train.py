@@ -44,40 +44,51 @@ from .export import export_runs  # noqa: F401  (the notebook imports it from her
 from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, load_network, make_critic, n_params, save_network
+from .options import add_options, from_options, option
 
 STAGES = ("generator", "critic", "gan")
 
 
 @dataclass
 class TrainConfig:
-    data: str                                  # folder(s) of high-resolution photos, comma-separated
-    valid: str | None = None                   # validation photos (default: 10% of `data`)
-    run_dir: str = "runs/default"
-    scale: int = 4                             # 4 or 2: what the generator of this run does
-    generator: UnetConfig = field(default_factory=UnetConfig)
-    critic_nf: int = 32
-    hr_size: int = 192                         # target crop; the input is hr_size/scale
-    bs: int = 16
-    repeats: int = 4                           # crops per photo per epoch
-    epochs_gen: int = 8
-    lr_gen: float = 2e-3
-    minutes_gen: float = 0.0                   # > 0: train the generator for this wall-clock budget instead
-    ema: float = 0.999                         # EMA decay of the generator's weights (0 = off)
-    epochs_critic: int = 2
-    lr_critic: float = 1e-3
-    epochs_gan: int = 3
-    lr_gan: float = 1e-4
-    minutes_gan: float = 0.0                   # > 0: GAN fine-tuning for this wall-clock budget instead
+    """One training run. Each `option` is also a flag of `python -m superres train` (see options.py)."""
+    data: str = option(help="folder(s) of high-resolution photos, comma-separated")
+    valid: str | None = option(None, help="validation photos (default: hold out 10% of --data)")
+    run_dir: str = option("runs/default", flag="--run", help="run folder (checkpoints, logs, record.json)")
+    scale: int = option(4, choices=[2, 4], help="what this run's generator does")
+    generator: UnetConfig = field(default_factory=UnetConfig)    # flags --arch, --widen, --nf, --trunk-blocks
+    critic_nf: int = option(32, help="width of the critic (channels of its first layer)")
+    hr_size: int = option(192, help="side of the high-resolution training crops in pixels; the input crop is "
+                                    "hr_size/scale")
+    bs: int = option(16, help="batch size")
+    repeats: int = option(4, help="random crops per photo per epoch")
+    epochs_gen: int = option(8, help="stage 1: generator pre-training epochs")
+    lr_gen: float = option(2e-3, help="stage 1: peak learning rate of the one-cycle schedule")
+    minutes_gen: float = option(0.0, help="stage 1: if > 0, train for this many minutes of wall-clock time "
+                                          "instead of --epochs-gen")
+    ema: float = option(0.999, help="stage 1: decay of the exponential moving average of the generator's weights "
+                                    "(0 = off)")
+    epochs_critic: int = option(2, help="stage 2: critic pre-training epochs")
+    lr_critic: float = option(1e-3, help="stage 2: learning rate")
+    epochs_gan: int = option(3, help="stage 3: GAN fine-tuning epochs")
+    lr_gan: float = option(1e-4, help="stage 3: learning rate (the critic's is 5x this)")
+    minutes_gan: float = option(0.0, help="stage 3: if > 0, train for this many minutes of wall-clock time "
+                                          "instead of --epochs-gan")
     gan_weights: tuple = (1.0, 50.0)           # (adversarial, pixel/feature) as in the lesson
-    lattice_weight: float = 0.0                # GAN stage: + this x LatticeLoss in the content loss (no grid)
-    clean_prob: float = 0.4                    # share of plain bicubic inputs (see `degradation`)
-    jpeg_prob: float = 0.8                     # share of JPEG among the degraded inputs
-    loss: str = "auto"                         # auto | feature | weightfree
-    pretrained: bool = False                   # ImageNet encoder (needs internet)
-    init: str | None = None                    # start the generator from this checkpoint (fine-tuning)
-    bf16: bool = True                          # bf16 autocast + channels_last
-    device: str = "cpu"
-    workers: int = 0                           # data-loading processes
+    lattice_weight: float = option(0.0, help="stage 3: weight of the lattice loss that penalises a periodic grid "
+                                             "in the output (0 = off)")
+    clean_prob: float = option(0.4, help="share of inputs made by plain bicubic down-scaling (the rest are "
+                                         "blurred, resized, noised, JPEG'd)")
+    jpeg_prob: float = option(0.8, help="share of JPEG compression among the degraded inputs")
+    loss: str = option("auto", choices=["auto", "feature", "weightfree"],
+                       help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
+                            "L1 + SSIM + image gradients, auto = feature if the weights can be had, else weightfree")
+    pretrained: bool = option(False, help="ImageNet encoder weights (needs internet; default: random init)")
+    init: str | None = option(None, help="start the generator from this checkpoint (fine-tuning; default: from "
+                                         "scratch)")
+    bf16: bool = option(True, help="train in fp32 (default: bf16 autocast + channels_last)")
+    device: str = option("cpu", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")  # add_arguments
+    workers: int = option(0, help="data-loading processes (0 = load in the training process)")
     seed: int = 42
 
     def to_dict(self):
@@ -425,66 +436,17 @@ def train(cfg: TrainConfig, stages=STAGES) -> Run:
     return run
 
 
-# What the model card says of each training folder it recognises (../shared/data/README.md).
 # ---- CLI --------------------------------------------------------------------------------------------
-HELP = {   # the meaning of each numeric option (TrainConfig's fields)
-    "hr_size": "side of the high-resolution training crops in pixels; the input crop is hr_size/scale",
-    "bs": "batch size",
-    "repeats": "random crops per photo per epoch",
-    "epochs_gen": "stage 1: generator pre-training epochs",
-    "epochs_critic": "stage 2: critic pre-training epochs",
-    "epochs_gan": "stage 3: GAN fine-tuning epochs",
-    "critic_nf": "width of the critic (channels of its first layer)",
-    "workers": "data-loading processes (0 = load in the training process)",
-    "lr_gen": "stage 1: peak learning rate of the one-cycle schedule",
-    "lr_critic": "stage 2: learning rate",
-    "lr_gan": "stage 3: learning rate (the critic's is 5x this)",
-    "minutes_gen": "stage 1: if > 0, train for this many minutes of wall-clock time instead of --epochs-gen",
-    "minutes_gan": "stage 3: if > 0, train for this many minutes of wall-clock time instead of --epochs-gan",
-    "ema": "stage 1: decay of the exponential moving average of the generator's weights (0 = off)",
-    "clean_prob": "share of inputs made by plain bicubic down-scaling (the rest are blurred, resized, noised, JPEG'd)",
-    "jpeg_prob": "share of JPEG compression among the degraded inputs",
-    "lattice_weight": "stage 3: weight of the lattice loss that penalises a periodic grid in the output (0 = off)",
-}
-
-
 def add_arguments(p):
-    d, u = TrainConfig(data=""), UnetConfig()
-    dflt = " (default: %(default)s)"
-    p.add_argument("--data", required=True, help="folder(s) of high-resolution photos, comma-separated")
-    p.add_argument("--valid", default=None, help="validation photos (default: hold out 10%% of --data)")
-    p.add_argument("--run", default=d.run_dir, help="run folder (checkpoints, logs, record.json)" + dflt)
-    p.add_argument("--scale", type=int, default=d.scale, choices=[2, 4], help="what this run's generator does" + dflt)
-    p.add_argument("--arch", default=u.arch, help="encoder: xresnet18, xresnet34, resnet18, resnet34" + dflt)
-    p.add_argument("--widen", type=float, default=u.widen, help="xresnet width multiplier" + dflt)
-    p.add_argument("--nf", type=int, default=u.nf, help="channels of the low-resolution features" + dflt)
-    p.add_argument("--trunk-blocks", type=int, default=u.trunk_blocks, help="ResBlocks after the U-Net" + dflt)
-    p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs internet; default: random init)")
-    p.add_argument("--loss", default=d.loss, choices=["auto", "feature", "weightfree"],
-                   help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
-                        "L1 + SSIM + image gradients, auto = feature if the weights can be had, else weightfree" + dflt)
-    for name in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan", "critic_nf", "workers"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=HELP[name] + dflt)
-    p.add_argument("--init", default=None, help="start the generator from this checkpoint (fine-tuning; default: from scratch)")
-    for name in ("lr_gen", "lr_critic", "lr_gan", "minutes_gen", "minutes_gan", "ema", "clean_prob", "jpeg_prob",
-                 "lattice_weight"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name), help=HELP[name] + dflt)
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast + channels_last)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages to run" + dflt)
+    add_options(p, TrainConfig(data=""))
+    add_options(p, UnetConfig())
+    p.set_defaults(device="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages to run"
+                                                              " (default: %(default)s)")
 
 
 def run(args):
-    cfg = TrainConfig(
-        data=args.data, valid=args.valid, run_dir=args.run, scale=args.scale, loss=args.loss,
-        pretrained=args.pretrained, bf16=not args.no_bf16, device=args.device,
-        generator=UnetConfig(arch=args.arch, widen=args.widen, nf=args.nf, trunk_blocks=args.trunk_blocks,
-                             scale=args.scale),
-        **{k: getattr(args, k) for k in ("hr_size", "bs", "repeats", "epochs_gen", "epochs_critic", "epochs_gan",
-                                          "critic_nf", "workers", "lr_gen", "lr_critic", "lr_gan", "minutes_gen",
-                                          "minutes_gan", "ema", "clean_prob", "jpeg_prob", "init",
-                                          "lattice_weight")})
+    cfg = from_options(TrainConfig, args, generator=from_options(UnetConfig, args, scale=args.scale))
     stages = [s for s in args.stages.split(",") if s]
     train(cfg, stages)
-    print(f"trained {args.run}; export with: python -m superres export --run {args.run} [--run <x2 run>]")
+    print(f"trained {cfg.run_dir}; export with: python -m superres export --run {cfg.run_dir} [--run <x2 run>]")
