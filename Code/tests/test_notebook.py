@@ -37,7 +37,7 @@ def test_committed_notebook_is_clean():
     assert "REPO_URL" in cells[0] and "google.colab" in cells[0] and "KAGGLE" in cells[0]
     assert "YOUR-ACCOUNT" not in cells[0]          # runs without edits where the repository was uploaded or cloned
     params = next(c for c in cells if "SMOKE = False" in c)
-    for name in ("DATA", "VALID", "SCALES", "HR_SIZE", "EPOCHS", "PRETRAINED = False", "SUPERRES_SMOKE"):
+    for name in ("DATA", "VALID", "SCALES", "HR_SIZE", "TrainConfig(", "PRETRAINED = False", "SUPERRES_SMOKE"):
         assert name in params, name
     for src in cells:  # the notebook calls the package; functions and classes belong in superres/
         assert not any(line.lstrip().startswith(("def ", "class ")) for line in src.splitlines()), src
