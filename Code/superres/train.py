@@ -45,7 +45,7 @@ from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, load_network, make_critic, n_params, save_network
 
-STAGES = ("generator", "critic", "gan")
+from .model_folder import STAGES  # the stage names, in the order the model card records them
 
 
 @dataclass
