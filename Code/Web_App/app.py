@@ -11,7 +11,8 @@ Routes (the whole table is `ROUTES` below):
     GET    /healthz               JSON: status, models loaded, version, queue
     /static/..., /favicon.ico     CSS, JS, icons
 
-Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`). Settings come from the
+Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`), which loads this file by its
+path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve). Settings come from the
 environment (see `Settings`). Every image is a `Job` run by `Jobs` (superres.jobs): WORKERS threads off the
 event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at its
 next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
