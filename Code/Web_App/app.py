@@ -11,7 +11,8 @@ Routes (the whole table is `ROUTES` below):
     GET    /healthz               JSON: status, models loaded, version, queue
     /static/..., /favicon.ico     CSS, JS, icons
 
-Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`). Settings come from the
+Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`), which loads this file by its
+path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve). Settings come from the
 environment (see `Settings`). Every image is a `Job` run by `Jobs` (superres.jobs): WORKERS threads off the
 event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at its
 next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
@@ -24,15 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import math
 import re
-import shutil
-import tarfile
-import tempfile
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -48,8 +44,9 @@ from starlette.templating import Jinja2Templates
 
 from superres import DEFAULT_MODEL_DIR, __version__
 from superres.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
-from superres.inference import Enhancer, ModelError, verify_model_dir
+from superres.inference import Enhancer
 from superres.jobs import Busy, Job, Jobs
+from superres.model_folder import fetch_model
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("superres.webapp")
@@ -110,7 +107,7 @@ class Settings:
         return {"limit_concurrency": self.max_connections, "timeout_keep_alive": self.keepalive_s}
 
 
-# ---- models: a local folder, or an archive fetched at start-up (as fastai's deploy template did) ---------
+# ---- models: a local folder, or an archive fetched at start-up (superres.model_folder.fetch_model) -------
 async def load_models(settings: Settings) -> Enhancer:
     """Fetch (if MODEL_URL) and load the models; raises ModelError with a message fit for the console."""
     model_dir = settings.model_dir
@@ -118,83 +115,6 @@ async def load_models(settings: Settings) -> Enhancer:
         model_dir = await fetch_model(settings.model_url, settings.model_cache, settings.model_sha256,
                                       int(settings.model_max_mb * 1024 * 1024))
     return await asyncio.to_thread(Enhancer, model_dir, threads=settings.threads)
-
-
-async def fetch_model(url: str, cache: Path, sha256: str, max_bytes: int) -> Path:
-    """Download a .zip or .tar(.gz) holding a model folder, unpack it under `cache`, check it against its card.
-
-    The archive must have the sha256 given (or sha256="skip"), and neither it nor its contents may exceed
-    `max_bytes`. Temporary files get unique names in `cache`, which is created private (0700)."""
-    import aiohttp
-    if not sha256:
-        raise ModelError("MODEL_URL needs MODEL_SHA256, the archive's sha256 (e.g. from `sha256sum model.zip`), so "
-                         "that the server runs the model you meant; MODEL_SHA256=skip runs it unchecked.")
-    limit = f"the {max_bytes / 1024 / 1024:g} MB limit (MODEL_MAX_MB)"
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(dir=cache, suffix=".part")
-    archive = Path(name)
-    digest, size = hashlib.sha256(), 0
-    log.info("fetching the model archive %s", url)
-    try:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-        with os.fdopen(fd, "wb") as f:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
-                if resp.status != 200:
-                    raise ModelError(f"Could not download the model archive from {url}: HTTP {resp.status} {resp.reason}.")
-                if (resp.content_length or 0) > max_bytes:
-                    raise ModelError(f"The model archive from {url} is {resp.content_length / 1e6:.0f} MB, over {limit}.")
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ModelError(f"The model archive from {url} is larger than {limit}.")
-                    digest.update(chunk)
-                    f.write(chunk)
-        if sha256.lower() != "skip" and digest.hexdigest() != sha256.lower():
-            raise ModelError(f"The model archive from {url} has sha256 {digest.hexdigest()}, not MODEL_SHA256={sha256}.")
-        dest = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
-        tmp = Path(tempfile.mkdtemp(dir=cache))
-        try:
-            _unpack(archive, tmp, max_bytes, limit)
-            cards = list(tmp.glob("model_card.json")) + list(tmp.glob("*/model_card.json"))
-            if len(cards) != 1:
-                raise ModelError(f"The archive from {url} does not hold one model folder (model_card.json + ONNX files).")
-            verify_model_dir(cards[0].parent)
-            shutil.rmtree(dest, ignore_errors=True)
-            cards[0].parent.rename(dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except aiohttp.ClientError as e:
-        raise ModelError(f"Could not download the model archive from {url} ({e.__class__.__name__}: {e}).") from e
-    finally:
-        archive.unlink(missing_ok=True)
-    log.info("model archive unpacked to %s and checked against its card", dest)
-    return dest
-
-
-def _unpack(archive: Path, dest: Path, max_bytes: int, limit: str) -> None:
-    """Unpack a zip or tar archive, refusing members that would land outside `dest` and contents over `max_bytes`."""
-    def safe(name: str) -> str:
-        p = Path(name)
-        if p.is_absolute() or ".." in p.parts:
-            raise ModelError(f"The model archive has an unsafe member path {name!r}.")
-        return name
-
-    def bounded(total: int):
-        if total > max_bytes:
-            raise ModelError(f"The model archive unpacks to {total / 1e6:.0f} MB, over {limit}.")
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for name in z.namelist():
-                safe(name)
-            bounded(sum(i.file_size for i in z.infolist()))
-            z.extractall(dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            members = [m for m in t.getmembers() if (m.isfile() or m.isdir()) and safe(m.name)]
-            bounded(sum(m.size for m in members))
-            t.extractall(dest, members=members, filter="data")
-    else:
-        raise ModelError("The model archive is neither a zip nor a tar file.")
 
 
 # ---- reading a request into a job ---------------------------------------------------------------------------
@@ -257,12 +177,10 @@ def check_size(enhancer: Enhancer, s: Settings, w: int, h: int, scale: int) -> N
 
 
 async def read_job(request: Request) -> Job:
-    """Parse and check an upload (multipart: file, scale, strength) into a Job; raises HTTPException (4xx/503)."""
+    """Parse and check an upload (multipart: file, scale, strength) into a Job; raises HTTPException (4xx)."""
     st = request.app.state
     s: Settings = st.settings
-    enhancer: Enhancer | None = st.enhancer
-    if enhancer is None:
-        raise HTTPException(503, "The models are still loading; try again in a moment.")
+    enhancer: Enhancer = st.enhancer
     close = {"Connection": "close"}
     if st.jobs.full():                                 # decided before the upload is read
         raise HTTPException(429, BUSY, {"Retry-After": "30", **close})
@@ -341,31 +259,28 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 async def index(request: Request):
     st = request.app.state
-    card = st.enhancer.card if st.enhancer else {}
     s: Settings = st.settings
     return templates.TemplateResponse(request, "index.html", {
         "version": __version__,
-        "untrained": bool(card.get("untrained")),
-        "default_strength": st.enhancer.default_strength if st.enhancer else 0.5,
+        "untrained": bool(st.enhancer.card.get("untrained")),
+        "default_strength": st.enhancer.default_strength,
         "max_upload_mb": s.max_upload_mb, "max_input_mp": s.max_input_mp, "max_output_mp": s.max_output_mp,
     })
 
 
 async def healthz(request: Request):
     st = request.app.state
-    card = st.enhancer.card if st.enhancer else {}
-    jobs: Jobs | None = st.jobs
+    card, jobs = st.enhancer.card, st.jobs
     return JSONResponse({
-        "status": "ok" if st.enhancer else "loading",
-        "models_loaded": st.enhancer is not None,
+        "status": "ok",
+        "models_loaded": True,
         "model": {"name": card.get("name"), "created": card.get("created"), "untrained": bool(card.get("untrained")),
-                  "scales": st.enhancer.scales if st.enhancer else [],
-                  "default_strength": st.enhancer.default_strength if st.enhancer else None},
+                  "scales": st.enhancer.scales, "default_strength": st.enhancer.default_strength},
         "version": __version__,
-        "workers": jobs.workers if jobs else 0,
-        "running": jobs.running if jobs else 0,
-        "waiting": max(0, jobs.admitted - jobs.running) if jobs else 0,
-        "capacity": jobs.capacity if jobs else 0,
+        "workers": jobs.workers,
+        "running": jobs.running,
+        "waiting": max(0, jobs.admitted - jobs.running),
+        "capacity": jobs.capacity,
     })
 
 
@@ -496,6 +411,8 @@ ROUTES = [
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette):
+    """Load the models (unless `create_app` was given them) and start the workers. uvicorn runs this before it
+    opens its socket and exits if it fails, so every request sees `state.enhancer` and `state.jobs` set."""
     st = app.state
     if st.enhancer is None:
         st.enhancer = await load_models(st.settings)

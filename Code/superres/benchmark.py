@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .imaging import EXTENSIONS
 from .results import BENCHMARK_SETS, METHODS, PORTRAIT_SETS, SCALES, label
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +84,7 @@ def available_scales(root: Path, set_name: str) -> tuple[int, ...]:
 def image_names(root: Path, set_name: str, scale: int, limit: int | None = None) -> list[Path]:
     if set_name in PORTRAIT_SETS:
         folder = Path(root) / "portraits" / "valid"
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
     else:
         files = sorted((Path(root) / "benchmarks" / set_name / f"x{scale}" / "HR").glob("*.png"))
     return files[:limit] if limit else files

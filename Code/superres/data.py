@@ -21,7 +21,8 @@ import torch
 from fastai.data.core import TfmdLists, Transform
 from PIL import Image, ImageFilter
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+from .imaging import EXTENSIONS
+
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}
 
 
@@ -29,9 +30,9 @@ def image_files(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}")
+        raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) in {folder}")
     return files
 
 

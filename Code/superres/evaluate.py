@@ -164,7 +164,7 @@ def _run(args) -> int:
     strengths = sorted({round(float(s), 2) for s in args.strengths})
     if "ours" in args.methods:
         from . import DEFAULT_MODEL_DIR
-        from .inference import ModelError, verify_model_dir
+        from .model_folder import ModelError, verify_model_dir
         model_dir = Path(args.model_dir) if args.model_dir else DEFAULT_MODEL_DIR
         try:
             card = verify_model_dir(model_dir)

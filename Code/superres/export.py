@@ -1,10 +1,5 @@
 """Export trained generators: ONNX files for serving (what `enhance` and the web app read) and a JSON
-model card.
-
-The model folder holds, for each scale S it supports (4 and 2):
-    xS_faithful.onnx   pre-GAN weights (strength 0)
-    xS_gan.onnx        GAN weights (strength 1); same graph and initializer names as the faithful one
-    model_card.json    what they are, how they were trained, how well they do, their sha256
+model card, together a model folder (`superres.model_folder` says what one holds).
 
 Each ONNX file maps "input" (1,3,H,W) float32 RGB in [0,1], H and W multiples of `input_multiple`,
 to "output" (1,3,S*H,S*W) float32 (not clamped). Weights are stored as float16 (half the size; the network
@@ -15,7 +10,6 @@ export, ONNX Runtime folds at load), so the two generators of a scale can be ble
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,16 +18,10 @@ import numpy as np
 import torch
 
 from . import __version__
+from .model_folder import CARD, DEFAULT_STRENGTH, FORMAT, network_files, sha256
 from .models import SIZE_MULTIPLE, Generator, UnetConfig, load_network, n_params
 
-FORMAT = 2   # 1: x2 generator + x2 up-sampler chain; 2: one generator per scale
-CARD = "model_card.json"
 OPSET = 17
-
-
-def network_files(scale: int) -> dict:
-    """The card's `networks` entry for one scale: its faithful and GAN ONNX files."""
-    return {"faithful": f"x{scale}_faithful.onnx", "gan": f"x{scale}_gan.onnx"}
 
 
 def store_weights_fp16(path: Path, min_size: int = 256) -> None:
@@ -83,10 +71,6 @@ def export_onnx(model: Generator, path: Path, check: bool = True) -> float:
     return err
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def export_models(networks: dict, out_dir, card: dict | None = None) -> dict:
     """Write {scale: (faithful, gan)} generators as ONNX files and the model card into `out_dir`; returns the card."""
     out_dir = Path(out_dir)
@@ -110,7 +94,7 @@ def export_models(networks: dict, out_dir, card: dict | None = None) -> dict:
         "networks": files,
         "input_multiple": SIZE_MULTIPLE,
         "io": {"input": "input", "output": "output", "layout": "NCHW float32 RGB in [0,1]"},
-        "default_strength": 0.25,
+        "default_strength": DEFAULT_STRENGTH,
         "sha256": {f: sha256(out_dir / f) for f in names},
         "architecture": arch,
         "parameters": params,

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-# Formats we read; anything else is refused before decoding.
+# Formats we read; anything else is refused before decoding. EXTENSIONS: the image files that enhance,
+# training (data.image_files) and evaluation (the portrait set) pick up from a folder.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # Pillow's own decompression-bomb guard stays on; this is our (usually lower) limit on top of it.

@@ -17,8 +17,6 @@ Real-ESRGAN's `RealESRGANer`:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -29,9 +27,9 @@ import onnxruntime as ort
 from PIL import Image
 
 from . import DEFAULT_MODEL_DIR
+# the model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too
+from .model_folder import ModelError, read_card, verify_model_dir
 
-CARD = "model_card.json"
-FORMAT = 2
 STRENGTH_STEP = 0.05
 # Largest side (in pixels) of what one network run sees when `tile` is left to us. The U-Net's
 # self-attention grows with the square of the pixel count.
@@ -43,58 +41,6 @@ class Cancelled(Exception):
     """Raised by a `progress` callback to stop `Enhancer.enhance` at the next tile (cancel, timeout)."""
 
 
-class ModelError(RuntimeError):
-    """The model folder is missing, incomplete or does not match its card; `str(e)` says what to do."""
-
-
-def read_card(model_dir) -> dict:
-    model_dir = Path(model_dir)
-    card_path = model_dir / CARD
-    if not card_path.is_file():
-        what = "does not exist" if not model_dir.exists() else f"has no {CARD}"
-        raise ModelError(
-            f"No model found: the model folder {model_dir} {what}. Export one with "
-            "`python -m superres export` (or `--untrained` to try the pipeline), then point MODEL_DIR "
-            "(web app) or --model-dir (enhance) at it.")
-    try:
-        card = json.loads(card_path.read_text())
-        if card.get("format") != FORMAT:
-            raise ModelError(f"The model card {card_path} has format {card.get('format')!r}; this version of "
-                             f"superres reads format {FORMAT} (one generator per scale). Re-export the model.")
-        for entry in card["networks"].values():
-            entry["faithful"], entry["gan"]
-        card["input_multiple"]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"The model card {card_path} is not valid ({e!r}).") from e
-    return card
-
-
-def model_files(card: dict) -> list[str]:
-    """Every ONNX file the card names."""
-    return [entry[k] for entry in card["networks"].values() for k in ("faithful", "gan")]
-
-
-def verify_model_dir(model_dir) -> dict:
-    """Read the card and check that every file it names exists and has the sha256 the card records."""
-    model_dir = Path(model_dir)
-    card = read_card(model_dir)
-    for name in model_files(card):
-        path = model_dir / name
-        if not path.is_file():
-            raise ModelError(f"The model folder {model_dir} lacks {name}, which its card lists.")
-        want = card.get("sha256", {}).get(name)
-        if not want:
-            raise ModelError(f"The model card in {model_dir} records no sha256 for {name}.")
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != want:
-            raise ModelError(f"{path} does not match its model card (sha256 {h.hexdigest()[:12]}… "
-                             f"instead of {want[:12]}…): the file is damaged or from another model.")
-    return card
-
-
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     import onnx
     from onnx import numpy_helper
@@ -103,7 +49,7 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 class Enhancer:
-    """Upscale PIL images x2 or x4 with a model folder (see `superres.export` for its contract)."""
+    """Upscale PIL images x2 or x4 with a model folder (see `superres.model_folder` for its contract)."""
 
     def __init__(self, model_dir=None, threads: int = 0, cache_size: int = 4, verify: bool = True):
         self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR

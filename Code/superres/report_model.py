@@ -3,8 +3,8 @@ description (superres.arch_diagram) -> arch_*.tex."""
 from __future__ import annotations
 
 from .latex import NOT_MEASURED, define, header, num, tex
+from .model_folder import STAGES
 
-STAGES = ("generator", "critic", "gan")
 MAIN_SCALE = "x4"   # the run the report describes in detail (the x2 run is summarised beside it)
 LOSS_NAMES = {"weightfree": "the weight-free loss (L1 + SSIM + gradient L1)",
               "feature": "the VGG16\\_bn feature loss"}

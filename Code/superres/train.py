@@ -46,7 +46,7 @@ from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, load_network, make_critic, n_params, save_network
 from .options import add_options, from_options, option
 
-STAGES = ("generator", "critic", "gan")
+from .model_folder import STAGES  # the stage names, in the order the model card records them
 
 
 @dataclass
