@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
