@@ -35,6 +35,44 @@ def _fmt(v, digits):
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def targets_table(report: dict) -> list[str]:
+    lines = ["| target | measured | required | met |", "| --- | ---: | ---: | :---: |"]
+    for t in report["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["passed"]]
+        lines.append(f"| {t['description'].replace('|', chr(92) + '|')} | {_fmt(t['measured'], 3)} | "
+                     f"{_fmt(t['required'], 3)} | {met} |")
+    return lines
+
+
+def quality_title(report: dict, set_name: str, scale: int) -> str:
+    return f"{set_title(set_name)} ×{scale} ({quality_table(report, set_name, scale)[0]['n_images']} images)"
+
+
+def quality_markdown(report: dict, set_name: str, scale: int) -> list[str]:
+    lines = [f"| method | PSNR(Y) dB | Δ dB | SSIM(Y) | {PERCEPTUAL_TITLES[PERCEPTUAL]} | HF ratio | lattice | spectral |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in quality_table(report, set_name, scale):
+        lines.append(f"| {r['label']} | {r['psnr_y']:.2f} | {_fmt(r['delta_psnr'], 2)} | {r['ssim_y']:.4f} | "
+                     f"{r[PERCEPTUAL]:.4f} | {r['hf_ratio']:.3f} | {_fmt(r.get('lattice'), 2)} | "
+                     f"{_fmt(r.get('spectral'), 3)} |")
+    return lines
+
+
+def speed_title(report: dict) -> str:
+    return f"Speed ({report['speed'][0]['input']} input, median of runs after a warm-up; each method in its own process)"
+
+
+def speed_markdown(report: dict) -> list[str]:
+    lines = ["| method | scale | output | s / image | MP/s (output) | peak RSS MB | load s | runs |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["speed"]:
+        opt = f", tile={r['options']['tile']}" if r["options"].get("tile") is not None else ""
+        lines.append(f"| {label(r['method'], r['strength'])}{opt} | ×{r.get('scale', 4)} | {r['output']} | "
+                     f"{r['seconds_per_image']:.3f} | {r['megapixels_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['load_seconds']:.2f} | {r['runs']} |")
+    return lines
+
+
 def markdown_report(report: dict) -> str:
     m = report["machine"]
     card = report.get("model_card")
@@ -53,36 +91,37 @@ def markdown_report(report: dict) -> str:
               "target's (1 = none added); spectral = distance of the output's detail spectrum from the target's (0 = "
               "the same). Means over the images (medians for lattice and spectral); Δ = PSNR minus bicubic's.", ""]
     if report.get("targets"):
-        lines += ["## Targets", "", "| target | measured | required | met |", "| --- | ---: | ---: | :---: |"]
-        for t in report["targets"]:
-            met = {True: "yes", False: "**no**", None: "not measured"}[t["passed"]]
-            lines.append(f"| {t['description'].replace('|', chr(92) + '|')} | {_fmt(t['measured'], 3)} | {_fmt(t['required'], 3)} | {met} |")
-        lines.append("")
+        lines += ["## Targets", "", *targets_table(report), ""]
     for set_name, scale in tasks(report):
-        rows = quality_table(report, set_name, scale)
-        lines += [f"## {set_title(set_name)} ×{scale} ({rows[0]['n_images']} images)", "",
-                  f"| method | PSNR(Y) dB | Δ dB | SSIM(Y) | {PERCEPTUAL_TITLES[PERCEPTUAL]} | HF ratio | lattice | spectral |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in rows:
-            lines.append(f"| {r['label']} | {r['psnr_y']:.2f} | {_fmt(r['delta_psnr'], 2)} | {r['ssim_y']:.4f} | "
-                         f"{r[PERCEPTUAL]:.4f} | {r['hf_ratio']:.3f} | {_fmt(r.get('lattice'), 2)} | "
-                         f"{_fmt(r.get('spectral'), 3)} |")
-        lines.append("")
+        lines += [f"## {quality_title(report, set_name, scale)}", "", *quality_markdown(report, set_name, scale), ""]
     if report.get("speed"):
-        sp = report["speed"][0]
-        lines += [f"## Speed ({sp['input']} input, median of runs after a warm-up; each method in its own process)", "",
-                  "| method | scale | output | s / image | MP/s (output) | peak RSS MB | load s | runs |",
-                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-        for r in report["speed"]:
-            opt = f", tile={r['options']['tile']}" if r["options"].get("tile") is not None else ""
-            lines.append(f"| {label(r['method'], r['strength'])}{opt} | ×{r.get('scale', 4)} | {r['output']} | "
-                         f"{r['seconds_per_image']:.3f} | {r['megapixels_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-                         f"{r['load_seconds']:.2f} | {r['runs']} |")
-        lines += ["", "Timings depend on what else runs on the machine (see the load average above).", ""]
+        lines += [f"## {speed_title(report)}", "", *speed_markdown(report),
+                  "", "Timings depend on what else runs on the machine (see the load average above).", ""]
     lines += ["Data: portraits from ../shared/data/portraits/valid (Face Research Lab London Set, CC BY 4.0; "
               "inter-faces, CC0); Set5, Set14, BSD100 as collected by SelfExSR (Huang et al., CVPR 2015); peers: "
               "OpenCV dnn_superres models (Apache-2.0).", ""]
     return "\n".join(lines)
+
+
+# ---- the README's results block ----------------------------------------------------------------------
+README_BEGIN = "<!-- results: made by `python -m superres report` from Code/results/evaluation.json; do not edit by hand -->"
+README_END = "<!-- /results -->"
+
+
+def readme_results(report: dict) -> str:
+    """The README's tables (portraits x4, speed, targets), from the same rows and wording as evaluation.md."""
+    lines = [f"**{quality_title(report, 'portraits512', 4)}**", "", *quality_markdown(report, "portraits512", 4), ""]
+    if report.get("speed"):
+        lines += [f"**{speed_title(report)}**", "", *speed_markdown(report), ""]
+    if report.get("targets"):
+        lines += ["**Targets** (from the issues; measured, not tuned to):", "", *targets_table(report)]
+    return "\n".join(lines)
+
+
+def with_readme_results(readme: str, report: dict) -> str:
+    """`readme` with the text between README_BEGIN and README_END replaced by `readme_results(report)`."""
+    start, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
+    return readme[:start] + "\n" + readme_results(report) + "\n" + readme[end:]
 
 
 def write_per_image_csv(per_image: list[dict], path: Path) -> None:

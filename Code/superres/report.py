@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from .evaluation_output import README_BEGIN, with_readme_results
 from .latex import header, tex
 from .report_eval import consistency_files, eval_files, plan_files, samples_tex
 from .report_model import MAIN_SCALE, STAGES, arch_files, card_scale, model_files, recorded_degradations
@@ -255,6 +256,9 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
     write_files(plan_files(), out)
     write_files(consistency_files(report, card, card_path), out)
     write_files({"samples.tex": samples_tex(samples_dir, root)}, out)
+    readme = root / "README.md"   # its results tables, between the markers (absent in a copy of Report/ only)
+    if report and readme.exists() and README_BEGIN in readme.read_text():
+        readme.write_text(with_readme_results(readme.read_text(), report))
 
     desc = describe(card if card and not card.get("untrained") else None,
                     (record or {}).get("config"), loss=(record or {}).get("loss"))

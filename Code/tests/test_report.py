@@ -110,6 +110,15 @@ def test_generated_tables_match_committed_evaluation_json():
         assert check_quality_tables(report, have) == len(report["quality"])
 
 
+def test_readme_tables_match_committed_evaluation_json():
+    """The README's results tables are exactly what `python -m superres report` makes from evaluation.json."""
+    from superres.evaluation_output import README_BEGIN, README_END, readme_results
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(README_BEGIN) + len(README_BEGIN):readme.index(README_END)]
+    assert block.strip() == readme_results(load_json(EVALUATION)).strip(), \
+        "README's results tables differ from evaluation.json: run `python -m superres report`"
+
+
 def test_committed_pdfs_exist():
     for doc in rp.DOCS.values():
         pdf = (REPO / doc).with_suffix(".pdf")
