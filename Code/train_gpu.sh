@@ -18,12 +18,14 @@
 # JPEG q90 4:4:4) and general/train's photos of >= 128 px re-encoded as JPEG q88 4:4:4 (31 MB in all); fastai
 # and its pure-Python needs travelled as wheels, and --init checkpoints with their weights stored as fp16.
 set -uo pipefail
+[ $# -ge 5 ] || { echo "usage: bash Code/train_gpu.sh DATA OUT GEN_MINUTES GAN_MINUTES NAME:SCALE[:flags]..."; exit 2; }
 DATA=$1; OUT=$2; GEN_MIN=$3; GAN_MIN=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
 export PYTHONPATH=$HERE${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-WORKERS=${WORKERS:-$(( $(nproc) / $# - 1 ))}
+SHARE=$(( $(nproc) / $# - 1 ))   # cores per job, less its main process (none on a small machine)
+WORKERS=${WORKERS:-$(( SHARE > 0 ? SHARE : 0 ))}
 RUNS=${RUNS:-$(mktemp -d)}
 mkdir -p "$OUT" "$RUNS"
 
