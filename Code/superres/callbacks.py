@@ -82,7 +82,9 @@ class ResumableCSVLogger(CSVLogger):
 
 
 class StepTimer(Callback):
-    """Wall seconds per training step, for the record."""
+    """Wall seconds per training step, for the record (none when a stage trains for 0 epochs)."""
+    times: list = []
+
     def before_fit(self):
         self.times = []
 
