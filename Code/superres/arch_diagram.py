@@ -299,13 +299,13 @@ def draw(desc: dict, path=None, dpi: int = 110):
     box(2, cy, 14, 8, "LR input x\n3 x H x W", COLORS["io"], fs=11)
     s = desc.get("default_strength")
     box(22, cy - 1, 40, 10, f"G: x{cfg['scale']} above, or x2 (same design, {_fmt_params(gen2['params'])})\n"
-        "weights blended: "
-        r"$\theta(s) = (1-s)\,\theta_{faithful} + s\,\theta_{GAN}$" + "\n"
+        "outputs blended: "
+        r"$\hat y(s) = (1-s)\,G_{faithful}(x) + s\,G_{GAN}(x)$" + "\n"
         + (f"default s = {s:g}" if s is not None else "s in [0, 1]"), COLORS["head"], fs=11)
     arrow((16, cy + 4), (22, cy + 4))
     box(70, cy, 26, 8, r"$\hat y_{\times 4}$: 3 x 4H x 4W" + "\n" + r"$\hat y_{\times 2}$: 3 x 2H x 2W", COLORS["io"], fs=12)
     arrow((62, cy + 4), (70, cy + 4))
-    label(128, cy + 4, "one network run per tile (ONNX Runtime),\nno network at the output size", fs=12,
+    label(128, cy + 4, "one network run per tile at s = 0 or 1, two in between\n(ONNX Runtime); no network at the output size", fs=12,
           style="italic")
 
     # critic

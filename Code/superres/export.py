@@ -4,8 +4,8 @@ model card, together a model folder (`superres.model_folder` says what one holds
 Each ONNX file maps "input" (1,3,H,W) float32 RGB in [0,1], H and W multiples of `input_multiple`,
 to "output" (1,3,S*H,S*W) float32 (not clamped). Weights are stored as float16 (half the size; the network
 computes in float32). Initializers keep the PyTorch parameter names (plus `.fp16`; no constant folding at
-export, ONNX Runtime folds at load), so the two generators of a scale can be blended by name for a
-`strength` between 0 and 1 (ESRGAN's network interpolation).
+export, ONNX Runtime folds at load). A `strength` between 0 and 1 blends the outputs of a scale's two
+generators (see `superres.inference`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def store_weights_fp16(path: Path, min_size: int = 256) -> None:
 
     Halves the file; ONNX Runtime folds the Casts at load, so the network still computes in float32 at the
     same speed (measured: max |difference| 3e-4 on [0, 1] outputs). The initializers are renamed
-    `<name>.fp16` in both generators of a scale alike, so blending by name still works."""
+    `<name>.fp16`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     model = onnx.load(str(path))

@@ -194,13 +194,10 @@ def load_network(path) -> Generator:
     return model
 
 
-@torch.no_grad()
-def interpolate_weights(faithful: dict, gan: dict, strength: float) -> dict:
-    """ESRGAN's network interpolation: 0 = faithful (pre-GAN) weights, 1 = GAN weights."""
+def blend_outputs(faithful_out: torch.Tensor, gan_out: torch.Tensor, strength: float) -> torch.Tensor:
+    """The output at `strength`: 0 = the faithful (pre-GAN) generator's, 1 = the GAN generator's, in between
+    (1 - s) * faithful + s * gan, as `superres.inference.Enhancer` blends the ONNX outputs. Blending outputs,
+    not weights (ESRGAN's network interpolation): the interpolated networks drew a grid neither end has."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
-    out = {}
-    for k, a in faithful.items():
-        b = gan[k]
-        out[k] = a + strength * (b - a) if a.is_floating_point() else a
-    return out
+    return torch.lerp(faithful_out, gan_out, float(strength))

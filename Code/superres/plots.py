@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Degradation, random_crop, to_tensor
-from .models import Generator, interpolate_weights, upscale
+from .models import Generator, blend_outputs, upscale
 
 
 def to_image(t: torch.Tensor):
@@ -66,21 +66,15 @@ def show_results(batch, *networks: Generator, n: int = 4, bicubic: bool = False,
     return _grid(columns, n)
 
 
-def blend(faithful: Generator, gan: Generator, strength: float) -> Generator:
-    """A generator whose weights are (1 - strength) * faithful + strength * gan (ESRGAN's interpolation)."""
-    model = Generator(faithful.cfg)
-    model.load_state_dict(interpolate_weights(faithful.state_dict(), gan.state_dict(), strength))
-    return model.to(next(faithful.parameters()).device).eval()
-
-
 def show_strengths(batch, faithful: Generator, gan: Generator, strengths=(0.0, 0.5, 1.0), n: int = 2):
     """Rows of low quality | output at each strength | target."""
     lr, hr = batch
     n = min(n, len(lr))
     lr, hr = lr[:n].float().cpu(), hr[:n].float().cpu()
     columns = {"low quality": lr}
+    faithful_out, gan_out = enhance_tensor(lr, faithful).cpu(), enhance_tensor(lr, gan).cpu()
     for s in strengths:
-        columns[f"strength {s:g}"] = enhance_tensor(lr, blend(faithful, gan, s)).cpu()
+        columns[f"strength {s:g}"] = blend_outputs(faithful_out, gan_out, s)
     columns["target"] = hr
     return _grid(columns, n)
 
