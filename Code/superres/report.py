@@ -230,6 +230,10 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
     if card and record and not card.get("untrained") and record.get("stages") != card_scale(card, "stages"):
         log("report: the training record is not the model card's run: its curves and settings are left out")
         record, logs = None, {}
+    if measure:
+        from .report_torch import measure as measure_networks
+        measure_networks(card, record, out, _plt())
+    desc = networks_description(out / NETWORKS_JSON, card)   # a stale one stops the build before any table
 
     write_files(eval_files(report), out, prefix="eval_")
     write_files(model_files(card, record, counts), out)
@@ -240,10 +244,6 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
     if report and readme.exists() and README_BEGIN in readme.read_text():
         readme.write_text(with_readme_results(readme.read_text(), report))
 
-    if measure:
-        from .report_torch import measure as measure_networks
-        measure_networks(card, record, out, _plt())
-    desc = networks_description(out / NETWORKS_JSON, card)
     write_files(arch_files(desc), out)
     draw(desc, root / ARCH_PNG.name)
     figs = {"training_curves": training_curves(logs, out / "training_curves.pdf"),
