@@ -14,7 +14,8 @@ Routes (the whole table is `ROUTES` below):
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`), which loads this file by its
 path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve). Settings come from the
 environment (see `Settings`). Every image is a `Job` run by `Jobs` (superres.jobs): WORKERS threads off the
-event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). A job stops at its
+event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). An upload is
+checked into a job (size, pace, fields, image) by superres.upload before it waits. A job stops at its
 next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
 image costs is the network's padded, tiled input (`Enhancer.work`), not width x height, so thin strips cannot
 stall the worker. Finished jobs are kept JOB_TTL_S for their clients, their results at most MAX_RESULTS_MB
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,7 +43,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from superres import DEFAULT_MODEL_DIR, __version__
-from superres.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
+from superres import upload
+from superres.imaging import OUTPUT_FORMATS
 from superres.inference import Enhancer
 from superres.jobs import Busy, Job, Jobs
 from superres.model_folder import fetch_model
@@ -117,114 +118,25 @@ async def load_models(settings: Settings) -> Enhancer:
     return await asyncio.to_thread(Enhancer, model_dir, threads=settings.threads)
 
 
-# ---- reading a request into a job ---------------------------------------------------------------------------
-class UploadTooLarge(Exception):
-    pass
-
-
-class UploadStalled(Exception):
-    pass
-
-
-def _limited(receive, limit: int, idle_s: float):
-    """Wrap ASGI `receive`: more than `limit` body bytes raise UploadTooLarge, `idle_s` without data UploadStalled."""
-    seen = 0
-
-    async def wrapped():
-        nonlocal seen
-        try:
-            message = await asyncio.wait_for(receive(), idle_s)
-        except TimeoutError:
-            raise UploadStalled() from None
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise UploadTooLarge()
-        return message
-    return wrapped
-
-
-def _field(form, name: str, default, convert, message: str):
-    raw = form.get(name)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return default
-    if not isinstance(raw, str):
-        raise HTTPException(400, message)
-    try:
-        value = convert(raw.strip())
-    except ValueError:
-        raise HTTPException(400, message) from None
-    return value
-
-
-# Padding to the network's multiple and the context around tiles make an ordinary photo cost up to ~1.2x the work
-# of a square one with as many pixels; a thin strip costs tens of times more. The line is drawn between them.
-WORK_ALLOWANCE = 2.0
-
-
-def check_size(enhancer: Enhancer, s: Settings, w: int, h: int, scale: int) -> None:
-    """Refuse images whose result or whose work (padded, tiled) is over the limits, stating the limit: an image
-    may cost at most WORK_ALLOWANCE times the work of the largest square image MAX_INPUT_MP allows."""
-    if w * h * scale * scale > s.max_output_mp * 1e6:
-        raise ImageTooLarge(
-            f"The result would be {w * scale}×{h * scale} = {w * h * scale * scale / 1e6:.1f} megapixels; "
-            f"the limit is {s.max_output_mp:g} megapixels. Choose ×2 or a smaller image.")
-    side = int(math.sqrt(s.max_input_mp * 1e6))
-    work = enhancer.work(w, h, s.tile)
-    if work > WORK_ALLOWANCE * enhancer.work(side, side, s.tile):
-        raise ImageTooLarge(
-            f"The image is {w}×{h} pixels: so thin that, padded and cut into tiles, it is as much work as a "
-            f"{work / 1e6:.0f}-megapixel image; the limit is {s.max_input_mp:g} megapixels.")
-
-
+# ---- reading a request into a job (the checks and limits: superres.upload) -------------------------------
 async def read_job(request: Request) -> Job:
-    """Parse and check an upload (multipart: file, scale, strength) into a Job; raises HTTPException (4xx)."""
+    """Read an upload (multipart: file, scale, strength, format, quality) into a checked Job; raises HTTPException
+    (4xx)."""
     st = request.app.state
     s: Settings = st.settings
-    enhancer: Enhancer = st.enhancer
-    close = {"Connection": "close"}
     if st.jobs.full():                                 # decided before the upload is read
-        raise HTTPException(429, BUSY, {"Retry-After": "30", **close})
-    too_big = f"The upload is larger than the {s.max_upload_mb:g} MB limit."
-    slack = 64 * 1024                                  # multipart boundaries and the other fields
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > s.max_upload_bytes + slack:
-        raise HTTPException(413, too_big, close)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise HTTPException(400, "Send the image as multipart/form-data with a field named 'file'.")
-    limited = Request(request.scope, _limited(request.receive, s.max_upload_bytes + slack, s.upload_timeout_s))
+        raise HTTPException(429, BUSY, {"Retry-After": "30", "Connection": "close"})
     try:
-        async with limited.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "No image received: send it in a form field named 'file'.")
-            scale = _field(form, "scale", 4, int, "scale must be 2 or 4.")
-            strength = _field(form, "strength", enhancer.default_strength, float,
-                              "strength must be a number between 0 and 1.")
-            fmt = _field(form, "format", "png", str.lower, "format must be png, webp or jpeg.")
-            fmt = {"jpg": "jpeg"}.get(fmt, fmt)
-            quality = _field(form, "quality", None, int, "quality must be a whole number from 1 to 100.")
-            filename = upload.filename or "image"
-            data = await upload.read()
-    except UploadTooLarge:
-        raise HTTPException(413, too_big, close) from None
-    except UploadStalled:
-        raise HTTPException(408, f"The upload stalled (nothing arrived for {s.upload_timeout_s:g} s).", close) from None
-    if scale not in enhancer.scales:
-        raise HTTPException(400, "scale must be " + " or ".join(map(str, enhancer.scales)) + ".")
-    if not 0.0 <= strength <= 1.0:                    # also refuses NaN
-        raise HTTPException(400, "strength must be a number between 0 and 1.")
-    if fmt not in OUTPUT_FORMATS:
-        raise HTTPException(400, "format must be " + ", ".join(OUTPUT_FORMATS) + ".")
-    if quality is not None and not 1 <= quality <= 100:
-        raise HTTPException(400, "quality must be a whole number from 1 to 100.")
-    if len(data) > s.max_upload_bytes:
-        raise HTTPException(413, too_big)
-    try:
-        w, h = probe(data, int(s.max_input_mp * 1e6))  # header only: cheap, so bad files never wait in the queue
-        check_size(enhancer, s, w, h, scale)
-    except ImageError as e:
-        raise HTTPException(e.status, str(e)) from None
-    return Job(data, scale, strength, filename, fmt, quality)
+        upload.check_headers(request.headers, s)
+        body = Request(request.scope, upload.limited_receive(request.receive, s))
+        async with body.form(max_files=1, max_fields=8) as form:
+            file = form.get("file")
+            if file is None or isinstance(file, str):
+                raise upload.UploadError(400, "No image received: send it in a form field named 'file'.")
+            data = await file.read()
+            return upload.check_job(form, data, file.filename, st.enhancer, s)
+    except upload.UploadError as e:
+        raise HTTPException(e.status, str(e), {"Connection": "close"} if e.close else None) from None
 
 
 def download_name(job: Job) -> str:

@@ -4,16 +4,14 @@
 weights, a few seconds), runs one low-resolution batch through them with forward hooks and records what
 each part really is: encoder levels (channels, resolution, blocks), decoder blocks (channels, which one
 has self-attention), the trunk, the PixelShuffle head, the critic's layers and every parameter count. `draw()` turns
-that description into a matplotlib figure, so the picture changes when the models do.
+that description into a matplotlib figure (no torch), so the picture changes when the models do.
 
-    python -m superres.arch_diagram -o arch_srgan.png [--model-dir Code/superres/default_model]
+`python -m superres report --measure` stores the description in Report/generated/networks.json
+(superres.report_torch); `python -m superres report` draws the figure from it.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import fields
-from pathlib import Path
 
 PROBE = 64          # side of the low-resolution probe input (the training LR crop is hr_size/scale = 64)
 
@@ -146,6 +144,7 @@ def describe(model_card: dict | None = None, train_config: dict | None = None, l
             "loss": (losses.get("x4") or {}).get("generator") or loss,
             "gan_weights": tc.get("gan_weights", list(TrainConfig(data="").gan_weights)),
             "default_strength": (model_card or {}).get("default_strength")}
+    desc["loss_text"] = loss_text(desc["loss"])        # in words, so that drawing needs no torch
     card_params = (model_card or {}).get("parameters", {})
     for key, name in (("x4", "generator"), ("x2", "generator_x2")):
         if key in card_params and card_params[key] != desc[name]["params"]:
@@ -324,7 +323,6 @@ def draw(desc: dict, path=None, dpi: int = 110):
     arrow((46, 13), (cx, 11), color=COLORS["loss"])
 
     # losses
-    loss_name = desc.get("loss")
     gw = desc["gan_weights"]
     lx = 128.0
     lines = [("1  generator", r"$L_{pix}(\hat y, y)$ (EMA of weights)  ->  $\theta_{faithful}$"),
@@ -336,7 +334,7 @@ def draw(desc: dict, path=None, dpi: int = 110):
         yy = 17.8 - k * 3.9
         label(lx - 1, yy, stage, fs=11, ha="left", weight="bold", color=COLORS["loss"])
         label(lx + 17, yy, text, fs=11, ha="left")
-    label(lx - 1, 17.8 - 4 * 3.9, r"$L_{pix}$ = " + loss_text(loss_name), fs=11, ha="left", style="italic")
+    label(lx - 1, 17.8 - 4 * 3.9, r"$L_{pix}$ = " + desc["loss_text"], fs=11, ha="left", style="italic")
     # where the losses attach
     ax.text(83, cy + 9.2, "L (1, 3)", fontsize=11, color=COLORS["loss"], weight="bold", ha="center")
     label(98, cyy + 16.2, "BCE (2), adversarial (3)", fs=11, color=COLORS["loss"], weight="bold")
@@ -347,19 +345,3 @@ def draw(desc: dict, path=None, dpi: int = 110):
         fig.savefig(path, dpi=dpi, metadata={"Software": None})
     return fig
 
-
-def main(argv=None):
-    from . import DEFAULT_MODEL_DIR
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-o", "--out", default="arch_srgan.png")
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="model folder whose card configures the networks")
-    p.add_argument("--dpi", type=int, default=110)
-    a = p.parse_args(argv)
-    card_path = Path(a.model_dir) / "model_card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else None
-    draw(describe(card), a.out, dpi=a.dpi)
-    print(f"wrote {a.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -21,19 +21,9 @@ import torch
 from fastai.data.core import TfmdLists, Transform
 from PIL import Image, ImageFilter
 
-from .imaging import EXTENSIONS
+from .imaging import image_files
 
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}
-
-
-def image_files(folder) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) in {folder}")
-    return files
 
 
 @dataclass

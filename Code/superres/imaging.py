@@ -19,11 +19,22 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 # Formats we read; anything else is refused before decoding. EXTENSIONS: the image files that enhance,
-# training (data.image_files) and evaluation (the portrait set) pick up from a folder.
+# training (image_files) and evaluation (the portrait set) pick up from a folder.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # Pillow's own decompression-bomb guard stays on; this is our (usually lower) limit on top of it.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def image_files(folder) -> list[Path]:
+    """The image files under `folder` (recursively), sorted; an error if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) in {folder}")
+    return files
 
 
 class ImageError(ValueError):

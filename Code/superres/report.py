@@ -2,12 +2,16 @@
 
     python -m superres report              # everything: generated files, arch_srgan.png, then the three PDFs
     python -m superres report --no-pdf     # only the generated files and figures (no LaTeX needed)
+    python -m superres report --measure    # after `export`: first remake what needs torch (superres.report_torch)
+
+Without --measure the report imports neither torch nor fastai.
 
 Every number and figure in the documents comes from these inputs; whatever is missing is written as
 "not yet measured" (never a typed-in number):
     Code/results/evaluation.json, Code/results/samples/*.png   (python -m superres evaluate)
     Code/superres/default_model/model_card.json                 (python -m superres export)
     runs/<run>/record.json, runs/<run>/logs/*.csv               (python -m superres train)
+    Report/generated/networks.json, degradations.png             (python -m superres report --measure)
 The run is the one whose record.json has the model card's x4 stages (the run the shipped x4 model comes from).
 Runs are not in git (runs/ is ignored), so a copy is kept in Report/generated/run/ and used where no
 matching run exists: a fresh clone rebuilds the same curves.
@@ -29,10 +33,13 @@ import sys
 import time
 from pathlib import Path
 
+from .arch_diagram import draw
 from .evaluation_output import README_BEGIN, with_readme_results
+from .imaging import image_files
 from .latex import header, tex
 from .report_eval import consistency_files, eval_files, plan_files, samples_tex
-from .report_model import MAIN_SCALE, STAGES, arch_files, card_scale, model_files, recorded_degradations
+from .report_model import (MAIN_SCALE, NETWORKS_JSON, STAGES, arch_files, card_scale, degradation_source, model_files,
+                           networks_description)
 from .results import PERCEPTUAL_TITLES, load_json, perceptual_key, task_rows, tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,33 +142,6 @@ def strength_figure(report: dict | None, path: Path) -> bool:
     return True
 
 
-def degradation_figure(card: dict | None, record: dict | None, path: Path) -> str:
-    """Random draws of the main scale's training degradation on matplotlib's Grace Hopper photo; returns where the
-    parameters came from."""
-    import dataclasses
-    import matplotlib.cbook as cbook
-    from PIL import Image
-    from .data import Degradation
-    from .plots import show_degradations
-    plt = _plt()
-    rec = recorded_degradations(card, record).get(MAIN_SCALE)
-    names = {f.name for f in dataclasses.fields(Degradation)}
-    if rec:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.items() if k in names}
-        if "clean_prob" in names and "clean_prob" not in rec:
-            fields["clean_prob"] = 0.0          # recorded before clean inputs existed: there were none
-        deg, source = Degradation(**fields), f"as recorded for the {MAIN_SCALE} model"
-    else:
-        from .train import TrainConfig, degradation
-        deg, source = degradation(TrainConfig(data="")), "as configured in superres.train (no recorded degradation yet)"
-    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
-    fig = show_degradations(photo, deg, n=5, hr_size=192, seed=1)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return source
-
-
-
 # ---- the run snapshot ------------------------------------------------------------------------------
 def snapshot_run(run_dir: Path, snap: Path, log=print) -> tuple[dict | None, dict, dict | None]:
     """Copy the run's record and logs into `snap` when the run exists; return (record, logs, data counts)
@@ -179,7 +159,6 @@ def snapshot_run(run_dir: Path, snap: Path, log=print) -> tuple[dict | None, dic
                 (snap / "logs" / f"{stage}.csv").unlink()
         cfg = record.get("config", {})
         counts = {}
-        from .data import image_files
         for key in ("data", "valid"):
             n = 0
             for folder in (cfg.get(key) or "").split(","):
@@ -229,11 +208,12 @@ def find_run(card: dict | None, runs=REPO / "runs") -> Path | None:
     return None
 
 
-def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples_dir=None, log=print) -> dict:
+def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples_dir=None, measure=False,
+             log=print) -> dict:
     """Write every generated input of the documents under `root` (Report/generated/ and arch_srgan.png);
-    returns what was available. `root` is the repository, or a copy of its Report/ and Presentations/."""
+    returns what was available. `root` is the repository, or a copy of its Report/ and Presentations/.
+    `measure`: first remake the inputs that need torch (superres.report_torch); otherwise none is imported."""
     from . import DEFAULT_MODEL_DIR
-    from .arch_diagram import describe, draw
     t0 = time.perf_counter()
     root = Path(root)
     out = root / "Report" / "generated"
@@ -250,6 +230,10 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
     if card and record and not card.get("untrained") and record.get("stages") != card_scale(card, "stages"):
         log("report: the training record is not the model card's run: its curves and settings are left out")
         record, logs = None, {}
+    if measure:
+        from .report_torch import measure as measure_networks
+        measure_networks(card, record, out, _plt())
+    desc = networks_description(out / NETWORKS_JSON, card)   # a stale one stops the build before any table
 
     write_files(eval_files(report), out, prefix="eval_")
     write_files(model_files(card, record, counts), out)
@@ -260,13 +244,11 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
     if report and readme.exists() and README_BEGIN in readme.read_text():
         readme.write_text(with_readme_results(readme.read_text(), report))
 
-    desc = describe(card if card and not card.get("untrained") else None,
-                    (record or {}).get("config"), loss=(record or {}).get("loss"))
     write_files(arch_files(desc), out)
     draw(desc, root / ARCH_PNG.name)
     figs = {"training_curves": training_curves(logs, out / "training_curves.pdf"),
             "strength": strength_figure(report, out / "strength.pdf")}
-    source = degradation_figure(card, record, out / "degradations.png")
+    source = degradation_source(card, record)
     flags = [header("what exists"), f"\\renewcommand{{\\DegradationSource}}{{{tex(source)}}}"]
     for name, ok in figs.items():
         if not ok and (out / f"{name}.pdf").exists():
@@ -309,12 +291,18 @@ def add_arguments(p):
     p.add_argument("--run", default="auto", help="training run folder (record.json, logs/); default: the runs/*/ "
                    "whose record matches the model card's stages, else the copy in Report/generated/run/")
     p.add_argument("--no-pdf", action="store_true", help="write the generated files only, run no LaTeX")
+    p.add_argument("--measure", action="store_true", help="first remake Report/generated/networks.json and "
+                   "degradations.png with torch (after `export`); without it the report imports neither torch nor fastai")
     p.add_argument("--docs", default=",".join(DOCS), help="which PDFs to build: " + ",".join(DOCS))
 
 
 def run(args) -> int:
     t0 = time.perf_counter()
-    generate(REPO, args.evaluation, args.model_dir, args.run)
+    try:
+        generate(REPO, args.evaluation, args.model_dir, args.run, measure=args.measure)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not args.no_pdf:
         try:
             for name in [d for d in args.docs.split(",") if d]:

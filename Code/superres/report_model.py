@@ -1,11 +1,16 @@
 """The write-up's model parts: the model card and the training record -> model_*.tex, the networks'
-description (superres.arch_diagram) -> arch_*.tex."""
+description (superres.arch_diagram, stored in networks.json by `report --measure`) -> arch_*.tex."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from .latex import NOT_MEASURED, define, header, num, tex
 from .model_folder import STAGES
+from .results import load_json
 
 MAIN_SCALE = "x4"   # the run the report describes in detail (the x2 run is summarised beside it)
+NETWORKS_JSON = "networks.json"         # in Report/generated/: the networks' description (superres.report_torch)
+DEGRADATIONS_PNG = "degradations.png"   # in Report/generated/: draws of the training degradation (report_torch)
 LOSS_NAMES = {"weightfree": "the weight-free loss (L1 + SSIM + gradient L1)",
               "feature": "the VGG16\\_bn feature loss"}
 
@@ -22,13 +27,29 @@ def recorded_degradations(card: dict | None, record: dict | None) -> dict[str, d
     return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
+def degradation_source(card: dict | None, record: dict | None) -> str:
+    """Where the degradation figure's parameters come from (superres.report_torch draws it by the same rule)."""
+    if recorded_degradations(card, record).get(MAIN_SCALE):
+        return f"as recorded for the {MAIN_SCALE} model"
+    return "as configured in superres.train (no recorded degradation yet)"
+
+
+def networks_description(path: Path, card: dict | None) -> dict:
+    """The description `report --measure` stored, checked to be of this model card's networks."""
+    desc = load_json(path)
+    if desc is None or desc.get("model_card_created") != (card or {}).get("created"):
+        made = "is missing" if desc is None else "describes the networks of another model card"
+        raise RuntimeError(f"{path} {made}: run `python -m superres report --measure` (it builds the networks "
+                           "with torch)")
+    return desc
+
+
 def card_scale(card: dict, key: str, scale: str = MAIN_SCALE) -> dict:
     """One scale's entry of a per-scale section of the model card (losses, stages, training, data)."""
     return (card.get(key) or {}).get(scale) or {}
 
 
 def model_files(card: dict | None, record: dict | None, counts: dict | None) -> dict[str, str]:
-    from .train import TrainConfig
     src = "the model card and the training record"
     lines = [header(src), "\\makeatletter"]
     files = {}
@@ -58,8 +79,9 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
         for k, v in d.items():
             val = ", ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
             lines.append(define("deg" if scale == MAIN_SCALE else "deg" + scale, k, tex(val)))
-    cfg = (record or {}).get("config") or TrainConfig(data="").to_dict()
-    lines.append(f"\\renewcommand{{\\TrainConfigSource}}{{{'the training record' if record else 'the defaults of superres.train.TrainConfig (no training record yet)'}}}")
+    cfg = (record or {}).get("config") or {}    # without a record, \trainq says "not yet measured"
+    if record:
+        lines.append("\\renewcommand{\\TrainConfigSource}{the training record}")
     for k, v in cfg.items():
         if isinstance(v, (int, float, str)) and not isinstance(v, bool):
             lines.append(define("train", k, tex(f"{v:g}" if isinstance(v, float) else v)))

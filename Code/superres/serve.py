@@ -10,8 +10,8 @@ How the two halves meet: the web app (Code/Web_App: app.py, templates, static fi
 installed package, so it cannot be imported by name. `load_webapp` loads Web_App/app.py by its path, as the
 module `superres_webapp`, from beside the package (Code/Web_App in a checkout, /app/Code/Web_App in the Docker
 image) or from SUPERRES_WEBAPP_DIR. It uses three names of it: `Settings`, `load_models` and `create_app`.
-The other way, app.py imports only the package's public modules (inference, imaging, jobs, model_folder),
-never `serve`; test_serve.py checks both.
+The other way, app.py imports only the package's public modules (inference, imaging, jobs, model_folder,
+upload), never `serve`; test_serve.py checks both.
 """
 from __future__ import annotations
 

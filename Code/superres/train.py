@@ -39,7 +39,6 @@ from .callbacks import (EMA, CPUSpeedup, CudaSpeedup, EpochCheckpoint, Generated
                         StepTimer, TimeBudget)
 from .data import Degradation, sr_dataloaders
 from .distributed import ddp, init_distributed, is_main
-from .export import export_runs  # noqa: F401  (the notebook imports it from here, beside train)
 from .losses import WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
 from .models import Generator, UnetConfig, load_network, make_critic, n_params, save_network

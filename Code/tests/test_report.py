@@ -9,8 +9,11 @@ exercises the same code on a full set of rows.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,6 +180,30 @@ def test_arch_diagram_from_the_real_networks(tmp_path):
     assert _fmt_params(desc["generator"]["params"]) in files["arch_table.tex"]
 
 
+def test_the_report_builds_from_stored_results_without_torch(tmp_path):
+    """`python -m superres report` (without --measure) reads the networks' description and the degradation figure
+    that `--measure` stored, imports neither torch nor fastai, and remakes the committed files from them."""
+    shutil.copytree(REPO / "Report", tmp_path / "Report", ignore=shutil.ignore_patterns("build", "*.pdf"))
+    code = ("import sys; from pathlib import Path; from superres import report; "
+            f"report.generate(Path({str(tmp_path)!r}), log=lambda *a: None); "
+            "print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "Code")})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    for name in ("arch_table.tex", "arch_meta.tex", "model_meta.tex", "model_stages.tex", "figures.tex"):
+        assert (tmp_path / "Report" / "generated" / name).read_text() == (GENERATED / name).read_text(), name
+    assert (tmp_path / "arch_srgan.png").read_bytes() == (REPO / "arch_srgan.png").read_bytes()
+
+
+def test_a_stale_networks_description_is_refused(tmp_path):
+    """A description made for another model card stops the build with the command that remakes it."""
+    from superres.report_model import NETWORKS_JSON, networks_description
+    desc = json.loads((GENERATED / NETWORKS_JSON).read_text())
+    (tmp_path / NETWORKS_JSON).write_text(json.dumps({**desc, "model_card_created": "2000-01-01"}))
+    with pytest.raises(RuntimeError, match="report --measure"):
+        networks_description(tmp_path / NETWORKS_JSON, load_json(REPO / "Code/superres/default_model/model_card.json"))
+
+
 def test_committed_arch_png_is_wide_enough():
     from PIL import Image
     png = REPO / "arch_srgan.png"
@@ -198,7 +225,7 @@ def test_documents_build_from_synthetic_results(tmp_path):
     results.mkdir()
     (results / "evaluation.json").write_text(json.dumps(synthetic_evaluation()))
     rp.generate(root, results / "evaluation.json", model_dir=tmp_path / "no_model", run_dir=tmp_path / "no_run",
-                log=lambda *a: None)
+                measure=True, log=lambda *a: None)
     assert (root / "arch_srgan.png").is_file()
     assert (root / "Report" / "generated" / "strength.pdf").is_file()
     for doc in rp.DOCS.values():

@@ -21,7 +21,8 @@ def test_the_web_app_uses_the_package_but_never_serve():
     imported = {node.module for node in ast.walk(ast.parse(APP.read_text()))
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("superres")}
     assert imported and "superres.serve" not in imported
-    assert imported <= {"superres", "superres.imaging", "superres.inference", "superres.jobs", "superres.model_folder"}
+    assert imported <= {"superres", "superres.imaging", "superres.inference", "superres.jobs", "superres.model_folder",
+                        "superres.upload"}
 
 
 def test_a_missing_web_app_folder_is_a_clear_error(tmp_path):

@@ -215,9 +215,9 @@ def test_onnx_matches_torch_at_other_sizes(tmp_path):
 # ---- the three stages, for real, on photos that packages ship ------------------------------------
 @pytest.mark.slow
 def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photos):
-    from superres.export import network_files
+    from superres.export import export_runs, network_files
     from superres.inference import Enhancer
-    from superres.train import TrainConfig, export_runs, train
+    from superres.train import TrainConfig, train
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
                       epochs_gan=1, loss="weightfree")
