@@ -83,7 +83,9 @@ class ResumableCSVLogger(CSVLogger):
 
 class StepTimer(Callback):
     """Wall seconds per training step, for the record (none when a stage trains for 0 epochs)."""
-    times: list = []
+    def __init__(self):
+        super().__init__()
+        self.times = []
 
     def before_fit(self):
         self.times = []

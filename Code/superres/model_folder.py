@@ -4,7 +4,8 @@ card, and fetching one as an archive (the web app's MODEL_URL). Torch-free; `exp
 
 A model folder holds, for each scale S it supports (4 and 2):
     xS_faithful.onnx   pre-GAN weights (strength 0)
-    xS_gan.onnx        GAN weights (strength 1); same graph and initializer names as the faithful one
+    xS_gan.onnx        GAN weights (strength 1); "input" -> "output" x S like the faithful one, whose output
+                       it is blended with for a strength between 0 and 1
     model_card.json    what they are, how they were trained, how well they do, their sha256
 """
 from __future__ import annotations

@@ -72,9 +72,11 @@ def show_strengths(batch, faithful: Generator, gan: Generator, strengths=(0.0, 0
     n = min(n, len(lr))
     lr, hr = lr[:n].float().cpu(), hr[:n].float().cpu()
     columns = {"low quality": lr}
-    faithful_out, gan_out = enhance_tensor(lr, faithful).cpu(), enhance_tensor(lr, gan).cpu()
+    with torch.no_grad():   # blended before clamping, as the Enhancer does
+        faithful_out, gan_out = (upscale(net.eval(), lr.to(next(net.parameters()).device)).float().cpu()
+                                 for net in (faithful, gan))
     for s in strengths:
-        columns[f"strength {s:g}"] = blend_outputs(faithful_out, gan_out, s)
+        columns[f"strength {s:g}"] = blend_outputs(faithful_out, gan_out, s).clamp(0, 1)
     columns["target"] = hr
     return _grid(columns, n)
 

@@ -58,10 +58,10 @@ def readable_copy(model_dir: Path) -> Path:
     return dest
 
 
-def test_image_is_small_and_has_no_torch(built_image):
+def test_image_is_small_and_has_no_torch_or_onnx(built_image):
     assert built_image < 1.5e9, f"image is {built_image / 1e9:.2f} GB"
     res = docker("run", "--rm", IMAGE, "python", "-c",
-                 "import importlib.util as u, sys; bad = [m for m in ('torch', 'fastai') if u.find_spec(m)]; "
+                 "import importlib.util as u, sys; bad = [m for m in ('torch', 'fastai', 'onnx') if u.find_spec(m)]; "
                  "print(bad); sys.exit(1 if bad else 0)")
     assert res.stdout.strip() == "[]"
 

@@ -69,9 +69,10 @@ def test_bad_arguments(untrained_model_dir, photos, tmp_path):
     assert res.returncode == 2 and "strength" in res.stderr
 
 
-def test_serving_modules_do_not_import_torch():
-    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.jobs, superres.serve; "
-            "bad = [m for m in ('torch', 'fastai') if m in sys.modules]; assert not bad, bad")
+def test_serving_modules_do_not_import_torch_or_onnx():
+    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.jobs, superres.serve, "
+            "superres.upload; superres.inference.Enhancer(); "
+            "bad = [m for m in ('torch', 'fastai', 'onnx') if m in sys.modules]; assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
 

@@ -18,11 +18,13 @@ def test_serve_loads_the_web_app_beside_the_package_once():
 
 
 def test_the_web_app_uses_the_package_but_never_serve():
-    imported = {node.module for node in ast.walk(ast.parse(APP.read_text()))
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("superres")}
+    imported = set()   # "superres.x" for `from superres.x import ...` and for `from superres import x`
+    for node in ast.walk(ast.parse(APP.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("superres"):
+            imported |= ({f"superres.{a.name}" for a in node.names} if node.module == "superres" else {node.module})
     assert imported and "superres.serve" not in imported
-    assert imported <= {"superres", "superres.imaging", "superres.inference", "superres.jobs", "superres.model_folder",
-                        "superres.upload"}
+    assert imported <= {"superres.imaging", "superres.inference", "superres.jobs", "superres.model_folder",
+                        "superres.upload", "superres.DEFAULT_MODEL_DIR", "superres.__version__"}
 
 
 def test_a_missing_web_app_folder_is_a_clear_error(tmp_path):

@@ -188,7 +188,7 @@ def test_psnr_ssim():
     assert 20 < psnr_y(noisy, y).item() < 40
 
 
-# ---- weight interpolation and ONNX -----------------------------------------------------------------
+# ---- strength blending and ONNX -----------------------------------------------------------------
 def test_blend_outputs_endpoints_and_midpoint():
     a, b = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
     assert torch.equal(blend_outputs(a, b, 0.0), a) and torch.equal(blend_outputs(a, b, 1.0), b)
@@ -271,6 +271,12 @@ def test_time_budget_ema_and_fine_tuning(tmp_path, sample_photos):
     assert tuned["config"]["nf"] == SMALL.nf   # the architecture came from --init, not from the config
     with pytest.raises(ValueError, match="x2 generator"):
         train(replace(cfg2, run_dir=str(tmp_path / "c"), scale=4, hr_size=128), stages=("generator",))
+    # --epochs-gen 0: the GAN stages start from the --init network exactly (how the shipped GANs were retrained)
+    run = train(replace(cfg2, run_dir=str(tmp_path / "d"), epochs_gen=0), stages=("generator",))
+    kept = torch.load(tmp_path / "d" / "checkpoints" / "generator_faithful.pt", weights_only=False)["model"]
+    init = torch.load(first, weights_only=False)["model"]
+    assert kept.keys() == init.keys() and all(torch.equal(kept[k], init[k]) for k in init)
+    assert run.record["stages"]["generator"]["steps"] == 0
 
 
 def test_photos_too_small_for_a_crop_are_left_out(tmp_path, capsys):
