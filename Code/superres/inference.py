@@ -19,6 +19,7 @@ Real-ESRGAN's `RealESRGANer`:
 """
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +36,28 @@ STRENGTH_STEP = 0.05
 # self-attention grows with the square of the pixel count.
 MAX_NET_INPUT = 384
 DEFAULT_TILE_PAD = 32
+TRIM_EVERY = 4        # tiles between two `_release_free_memory` calls
+
+
+def _glibc_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to do
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """Hand the memory freed by the last tiles back to the OS (glibc's malloc_trim; elsewhere nothing).
+
+    Why: glibc keeps freed tile-sized buffers (tens of MB) in its heap, where the next tiles' buffers do not always
+    fit, so over a big image the process kept growing: x4 of 2000x2000 (49 tiles) at a strength between 0 and 1,
+    two networks per tile, peaked at 880-1070 MB from run to run. Trimming after every TRIM_EVERY-th tile: 660-680
+    MB, for ~4 % more time (after every tile: 550-600 MB, ~12 %). An image of one tile never trims."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class Cancelled(Exception):
@@ -183,10 +206,13 @@ class Enhancer:
                 y = self._blend(nets, x)
                 cy1, cx1 = min(y0 + tile, h), min(x0 + tile, w)
                 core = y[0, :, (y0 - wy0) * scale:(cy1 - wy0) * scale, (x0 - wx0) * scale:(cx1 - wx0) * scale]
-                core = core * np.float32(255) + np.float32(0.5)
+                core *= np.float32(255)   # in place on the network's output: no tile-sized copies
+                core += np.float32(0.5)
                 np.clip(core, 0, 255, out=core)
                 out[y0 * scale:cy1 * scale, x0 * scale:cx1 * scale] = core.transpose(1, 2, 0)
                 done += 1
+                if done % TRIM_EVERY == 0 and done < total:
+                    _release_free_memory()
                 if progress:
                     progress(done, total)
         return out
