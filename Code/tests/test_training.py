@@ -349,3 +349,31 @@ def test_onnx_strength_blend_equals_torch_output_blend(tmp_path):
         out[s] = np.asarray(enhancer.enhance(img, scale=2, strength=s, tile=0), dtype=np.float32)
         assert np.abs(out[s] - ref).max() <= 1.01  # uint8 rounding
     assert np.abs(out[0.5] - out[0.0]).mean() > 1.0  # the blend really moved the output
+
+
+def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_photos):
+    """export --int8: the U-Net and trunk convs become int8 (QDQ), the bicubic and head convs stay float, the output
+    stays within a grey level of the float network's on average, and the Enhancer serves the folder as any other."""
+    import onnx
+    from superres.data import Degradation
+    from superres.export import export_models
+    from superres.inference import Enhancer
+    from superres.quantize import FLOAT_CONVS, calibration_inputs
+    torch.manual_seed(0)
+    faithful, gan = Generator(SMALL).eval(), Generator(SMALL).eval()
+    with torch.no_grad():
+        for m in (faithful, gan):
+            m.head[0][0].weight.normal_(0, 0.05)
+    calib = calibration_inputs([sample_photos], Degradation(scale=2), n=4, hr_size=128)
+    assert len(calib) == 4 and calib[0].shape == (1, 3, 64, 64) and calib[0].dtype == np.float32
+    card = export_models({2: (faithful, gan)}, tmp_path / "int8", int8={2: calib})
+    export_models({2: (faithful, gan)}, tmp_path / "float")
+    graph = onnx.load(str(tmp_path / "int8" / "x2_faithful.onnx")).graph
+    quantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert any(c.input[0] in quantised for c in convs)                        # int8 convs ...
+    assert all(c.input[0] not in quantised for c in convs if c.name.startswith(FLOAT_CONVS))  # ... but these
+    assert card["int8"]["mean_abs_error_vs_torch"]["x2_faithful"] < 2 / 255
+    img = Image.fromarray((np.asarray(Image.open(next(sample_photos.iterdir())).convert("RGB").resize((64, 64)))))
+    outs = [np.asarray(Enhancer(tmp_path / d).enhance(img, scale=2, strength=0.5), np.float32) for d in ("int8", "float")]
+    assert np.abs(outs[0] - outs[1]).mean() < 2.0   # grey levels; a random network quantises worse than ours
