@@ -14,9 +14,10 @@
 # run records and logs. Stages follow `superres train` exactly; only batch size, workers and time differ.
 #
 # A lent GPU gets only the working tree (64 MiB in all), so DATA was a git-excluded folder in the repo holding
-# ../shared/data's portraits/train at <= 512 px (v3: 640) and 16 of portraits/valid at 512 px (Pillow, Lanczos,
-# JPEG q90 4:4:4) and general/train's photos of >= 128 px re-encoded as JPEG q88 4:4:4 (31 MB in all); fastai
+# ../shared/data's portraits/train at <= 512 px (v3: 640; Pillow, Lanczos, JPEG q87 4:4:4), 16 of portraits/valid
+# at 512 px (q90) and general/train's photos of >= 128 px re-encoded as JPEG q84 4:4:4 (25 MB in all); fastai
 # and its pure-Python needs travelled as wheels, and --init checkpoints with their weights stored as fp16.
+# At most 8 files come back from $OUT per call: keep the jobs to 3 (2 checkpoints each + records.tgz).
 set -uo pipefail
 [ $# -ge 5 ] || { echo "usage: bash Code/train_gpu.sh DATA OUT GEN_MINUTES GAN_MINUTES NAME:SCALE[:flags]..."; exit 2; }
 DATA=$1; OUT=$2; GEN_MIN=$3; GAN_MIN=$4; shift 4
