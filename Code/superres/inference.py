@@ -162,8 +162,9 @@ class Enhancer:
         """The pixels the network runs on for one image: every tile with its context, on the padded image.
 
         This, not width x height, is what an image costs in time and memory: a 1 x 16,000,000 image is padded
-        to 32 rows, so it costs what a 512-megapixel one would. It is per network: a strength strictly between
-        0 and 1 runs two, so twice the time (the web app's limits are set for that case)."""
+        to 32 rows, so it costs what a 512-megapixel one would. It counts one network: a strength strictly
+        between 0 and 1 runs two, so such a job takes about twice as long (the web app's size limit, which
+        compares work with work, does not depend on the strength)."""
         tile, pad, ys, xs = self.tiles(width, height, tile, tile_pad)
         m = self.multiple
         hp, wp = -(-height // m) * m, -(-width // m) * m

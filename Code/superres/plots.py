@@ -72,9 +72,9 @@ def show_strengths(batch, faithful: Generator, gan: Generator, strengths=(0.0, 0
     n = min(n, len(lr))
     lr, hr = lr[:n].float().cpu(), hr[:n].float().cpu()
     columns = {"low quality": lr}
-    with torch.no_grad():   # blended before clamping, as the Enhancer does
-        faithful_out, gan_out = (upscale(net.eval(), lr.to(next(net.parameters()).device)).float().cpu()
-                                 for net in (faithful, gan))
+    # blended before clamping, as the Enhancer does (upscale runs without gradients)
+    faithful_out, gan_out = (upscale(net.eval(), lr.to(next(net.parameters()).device)).float().cpu()
+                             for net in (faithful, gan))
     for s in strengths:
         columns[f"strength {s:g}"] = blend_outputs(faithful_out, gan_out, s).clamp(0, 1)
     columns["target"] = hr

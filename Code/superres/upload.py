@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-
 from typing import TYPE_CHECKING
 
 from .imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
