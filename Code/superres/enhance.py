@@ -33,6 +33,9 @@ def add_arguments(p):
                    help="upscaling factor (default: 4)")
     p.add_argument("--strength", type=float, default=None,
                    help="0 = faithful .. 1 = sharp (GAN); default: the model card's default_strength")
+    p.add_argument("--jpeg", default="auto", choices=["auto", "yes", "no"],
+                   help="use the JPEG-trained network where the model has one: auto = if the input shows JPEG "
+                        "compression (read from its pixels), yes/no = always/never (default: auto)")
     p.add_argument("-t", "--tile", type=int, default=None,
                    help="tile size in input pixels (default: automatic, bounded memory; 0 = whole image)")
     p.add_argument("--tile-pad", type=int, default=DEFAULT_TILE_PAD, help="context around each tile (default: 32)")
@@ -114,7 +117,7 @@ def run(args) -> int:
             try:
                 img = load_image(path)
                 out = enhancer.enhance(img, scale=args.scale, strength=args.strength, tile=args.tile,
-                                       tile_pad=args.tile_pad)
+                                       tile_pad=args.tile_pad, jpeg={"auto": None, "yes": True, "no": False}[args.jpeg])
                 save(out, dest, fmt, **options)
             except (ImageError, OSError) as e:
                 failed += 1

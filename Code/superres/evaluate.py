@@ -86,6 +86,20 @@ def machine_info() -> dict:
             "versions": versions}
 
 
+def jpeg_network_use(data_root: Path, tasks, card: dict, limit) -> dict:
+    """For each set/scale whose networks include a JPEG-trained one: [inputs that take it, inputs], as decided by
+    the Enhancer (`superres.compression.looks_jpeg_compressed` on the whole input)."""
+    from .benchmark import load_pair
+    from .compression import looks_jpeg_compressed
+    use = {}
+    for set_name, scale in tasks:
+        if "faithful_jpeg" in card["networks"][str(scale)]:
+            flags = [looks_jpeg_compressed(load_pair(data_root, set_name, scale, p)[0])
+                     for p in image_names(data_root, set_name, scale, limit)]
+            use[f"{set_name} x{scale}"] = [sum(flags), len(flags)]
+    return use
+
+
 def model_card_info(model_dir, card) -> dict | None:
     if card is None:
         return None
@@ -187,6 +201,8 @@ def _run(args) -> int:
     quality, per_image, kept = evaluate_quality(data_root, tasks, args.methods, strengths, model_dir, args.limit,
                                                 samples, jobs=args.jobs)
     report["quality"] = quality
+    if card is not None:
+        report["jpeg_network_use"] = jpeg_network_use(data_root, tasks, card, args.limit)
     speed = []
     if not args.no_speed:
         log_progress("speed (each method in its own process):")

@@ -72,22 +72,24 @@ def export_onnx(model: Generator, path: Path, check: bool = True) -> float:
 
 
 def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict | None = None) -> dict:
-    """Write {scale: (faithful, gan)} generators as ONNX files and the model card into `out_dir`; returns the card.
+    """Write {scale: {kind: generator}} (kinds: "faithful", "gan" and optionally "faithful_jpeg", see
+    `superres.model_folder`) as ONNX files and the model card into `out_dir`; returns the card.
 
-    int8: {scale: calibration inputs} to store that scale's networks as int8 (`superres.quantize`)."""
+    int8: {scale: {kind: calibration inputs}} to store those networks as int8 (`superres.quantize`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     errors, files, arch, params, int8_errors = {}, {}, {}, {}, {}
-    for scale, (faithful, gan) in sorted(networks.items(), key=lambda kv: -int(kv[0])):
-        scale = int(scale)
-        if faithful.cfg != gan.cfg or faithful.cfg.scale != scale:
-            raise ValueError(f"x{scale}: the faithful and GAN generators must share one x{scale} architecture")
-        files[str(scale)] = network_files(scale)
-        for kind, model in (("faithful", faithful), ("gan", gan)):
-            path = out_dir / files[str(scale)][kind]
-            errors[f"x{scale}_{kind}"] = export_onnx(model, path)
-            if int8 and scale in int8:
-                int8_errors[f"x{scale}_{kind}"] = quantize_and_compare(model, path, int8[scale])
+    for scale, nets in sorted(networks.items(), key=lambda kv: -int(kv[0])):
+        scale, faithful = int(scale), nets["faithful"]
+        if any(m.cfg != faithful.cfg for m in nets.values()) or faithful.cfg.scale != scale:
+            raise ValueError(f"x{scale}: the faithful, GAN (and JPEG) generators must share one x{scale} architecture")
+        files[str(scale)] = network_files(scale, jpeg="faithful_jpeg" in nets)
+        for kind, name in files[str(scale)].items():
+            path = out_dir / name
+            errors[f"x{scale}_{kind}"] = export_onnx(nets[kind], path)
+            calibration = (int8 or {}).get(scale, {}).get(kind)
+            if calibration is not None:
+                int8_errors[f"x{scale}_{kind}"] = quantize_and_compare(nets[kind], path, calibration)
         arch[f"x{scale}"], params[f"x{scale}"] = faithful.cfg.to_dict(), n_params(faithful)
     names = [f for entry in files.values() for f in entry.values()]
     full = {
@@ -106,7 +108,7 @@ def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict 
         "onnx_max_abs_error_vs_torch": errors,
         **({"int8": {"method": "ONNX Runtime static quantisation (QDQ, per-channel weights, min/max calibration on "
                                "degraded training crops); the bicubic and head convs stay float32",
-                     "calibration_inputs": {f"x{s}": len(v) for s, v in int8.items()},
+                     "calibration_inputs": {f"x{s}_{k}": len(v) for s, kinds in int8.items() for k, v in kinds.items()},
                      "mean_abs_error_vs_torch": int8_errors}} if int8 else {}),
         **(card or {}),
     }
@@ -128,21 +130,22 @@ def quantize_and_compare(model: Generator, path: Path, inputs) -> float:
     return float(np.mean(errs))
 
 
-def export_untrained(out_dir, cfg: UnetConfig | None = None, seed: int = 0, scales=(4, 2)) -> dict:
+def export_untrained(out_dir, cfg: UnetConfig | None = None, seed: int = 0, scales=(4, 2), jpeg_scales=()) -> dict:
     """A complete model folder from randomly initialised networks (for tests and for trying the pipeline).
 
     The output head starts near zero, so these behave like bicubic upscaling plus a small perturbation
-    (the GAN copy is perturbed differently, so strength visibly matters)."""
+    (the GAN copy, and the JPEG one of the `jpeg_scales`, are perturbed differently, so each visibly matters)."""
     torch.manual_seed(seed)
     cfg = cfg or UnetConfig(widen=0.25, nf=16, trunk_blocks=1)
     networks = {}
     for scale in scales:
-        faithful, gan = Generator(replace(cfg, scale=scale)), Generator(replace(cfg, scale=scale))
-        gan.load_state_dict(faithful.state_dict())
+        kinds = ("faithful", "gan", "faithful_jpeg") if scale in jpeg_scales else ("faithful", "gan")
+        nets = {kind: Generator(replace(cfg, scale=scale)) for kind in kinds}
         with torch.no_grad():
-            for m in (faithful, gan):
+            for m in nets.values():
+                m.load_state_dict(nets["faithful"].state_dict())
                 m.head[0][0].weight.normal_(0, 1e-3)
-        networks[scale] = (faithful.eval(), gan.eval())
+        networks[scale] = {kind: m.eval() for kind, m in nets.items()}
     return export_models(networks, out_dir, {"untrained": True, "note": "random weights, for tests only"})
 
 
@@ -164,12 +167,21 @@ def training_sets(data: str) -> list[str]:
     return out
 
 
-def export_runs(run_dirs, out_dir, int8_data: str | None = None) -> dict:
+def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=()) -> dict:
     """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run).
 
     int8_data: photo folders (comma-separated; the training data) to calibrate int8 networks on, with the
-    degradations each run trained with; None keeps the networks float."""
+    degradations each run trained with; None keeps the networks float.
+    jpeg_run_dirs: runs whose generator (stage 1 only) was trained on JPEG-compressed inputs: each becomes its
+    scale's `faithful_jpeg` network; the card records it under `jpeg_networks`."""
     networks, card, int8 = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}, {}
+
+    def calibration(record, scale):
+        from .data import Degradation
+        from .quantize import calibration_inputs
+        deg = {k: tuple(v) if isinstance(v, list) else v for k, v in record["degradation"][f"x{scale}"].items()}
+        return calibration_inputs(int8_data.split(","), Degradation(**deg))
+
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         record = json.loads((run_dir / "record.json").read_text())
@@ -180,7 +192,7 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None) -> dict:
         scale = str(faithful.cfg.scale)
         if scale in networks:
             raise ValueError(f"two runs for x{scale}: {run_dirs}")
-        networks[scale] = (faithful.eval(), gan.eval())
+        networks[scale] = {"faithful": faithful.eval(), "gan": gan.eval()}
         card["data"][f"x{scale}"] = {"train": cfg["data"], "valid": cfg["valid"], "hr_crop": cfg["hr_size"],
                                      "training_sets": training_sets(cfg["data"]),
                                      "degradation": record.get("degradation")}
@@ -192,10 +204,22 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None) -> dict:
         card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
                                          "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}
         if int8_data:
-            from .data import Degradation
-            from .quantize import calibration_inputs
-            deg = {k: tuple(v) if isinstance(v, list) else v for k, v in record["degradation"][f"x{scale}"].items()}
-            int8[int(scale)] = calibration_inputs(int8_data.split(","), Degradation(**deg))
+            inputs = calibration(record, scale)
+            int8[int(scale)] = {"faithful": inputs, "gan": inputs}
+    for run_dir in map(Path, jpeg_run_dirs):
+        record = json.loads((run_dir / "record.json").read_text())
+        model = load_network(run_dir / "checkpoints" / "generator_faithful.pt").eval()
+        scale = str(model.cfg.scale)
+        if scale not in networks:
+            raise ValueError(f"the JPEG run {run_dir} is x{scale}, but no --run gives that scale's networks")
+        networks[scale]["faithful_jpeg"] = model
+        card.setdefault("jpeg_networks", {})[f"x{scale}"] = {
+            "used": "in place of the faithful network when the input shows JPEG quantisation of IJG quality ~75 or "
+                    "lower (superres.compression)",
+            "run": run_dir.name, "train": record["config"]["data"], "degradation": record.get("degradation"),
+            "loss": record.get("loss"), "stages": record["stages"], "note": record.get("note")}
+        if int8_data:
+            int8[int(scale)]["faithful_jpeg"] = calibration(record, scale)
     return export_models(networks, out_dir, card, int8)
 
 
@@ -203,6 +227,9 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None) -> dict:
 def add_arguments(p):
     p.add_argument("--run", action="append", default=None,
                    help="training run folder (with checkpoints/); repeat it for the other scale's run")
+    p.add_argument("--jpeg-run", action="append", default=[], metavar="RUN",
+                   help="run folder of a generator trained on JPEG-compressed inputs (train --clean-prob 0 --jpeg-prob 1): "
+                        "it stands in for its scale's faithful network on inputs that look JPEG-compressed")
     p.add_argument("-o", "--out", default=None, help="model folder to write (default: <run>/export)")
     p.add_argument("--untrained", action="store_true", help="export randomly initialised networks (for tests)")
     p.add_argument("--int8", metavar="FOLDERS", default=None,
@@ -216,5 +243,5 @@ def run(args):
     if args.untrained:
         card = export_untrained(out)
     else:
-        card = export_runs(runs, out, int8_data=args.int8)
+        card = export_runs(runs, out, int8_data=args.int8, jpeg_run_dirs=args.jpeg_run)
     print(f"wrote {out}: " + ", ".join(card["sha256"]) + f", {CARD}")

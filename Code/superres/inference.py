@@ -10,6 +10,9 @@ Real-ESRGAN's `RealESRGANer`:
   do. (Before issue 9 the weights were blended, ESRGAN's network interpolation, at the cost of one network,
   but the interpolated networks drew a grid that neither end has: on portraits512 x4 the lattice measure was
   23.0 at s = 0.25 with interpolated weights and 7.9 with blended outputs; 6.0 and 8.4 at the ends.)
+* a scale may also have a faithful network trained on JPEG-compressed inputs (`xS_faithful_jpeg`): when the
+  input shows JPEG quantisation (`superres.compression`, read from the pixels of the whole image before
+  tiling), it stands in for the faithful network; `jpeg=True/False` overrides the detection;
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
   to the output (crop, no blending), so there are no seams and memory depends on the tile size, not on
@@ -28,8 +31,9 @@ import onnxruntime as ort
 from PIL import Image
 
 from . import DEFAULT_MODEL_DIR
+from .compression import looks_jpeg_compressed
 # the model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too
-from .model_folder import ModelError, read_card, verify_model_dir
+from .model_folder import KINDS, ModelError, read_card, verify_model_dir
 
 STRENGTH_STEP = 0.05
 # Largest side (in pixels) of what one network run sees when `tile` is left to us. The U-Net's
@@ -75,15 +79,14 @@ class Enhancer:
         self.default_strength = float(self.card["default_strength"])
         self.threads = int(threads)
         # every network is loaded and run once now, so a broken file stops us here, not on the first request
-        self._nets = {scale: {kind: self._session(self.model_dir / self.card["networks"][str(scale)][kind])
-                              for kind in ("faithful", "gan")}
-                      for scale in self.scales}
+        self._nets = {scale: {kind: self._session(self.model_dir / entry[kind]) for kind in KINDS if kind in entry}
+                      for scale, entry in ((s, self.card["networks"][str(s)]) for s in self.scales)}
         for scale, nets in self._nets.items():
             x = np.zeros((1, 3, self.multiple, self.multiple), np.float32)
             shapes = {kind: net.run(None, {"input": x})[0].shape for kind, net in nets.items()}
-            if shapes["faithful"] != shapes["gan"] or shapes["gan"] != (1, 3, scale * self.multiple, scale * self.multiple):
+            if any(shape != (1, 3, scale * self.multiple, scale * self.multiple) for shape in shapes.values()):
                 raise ModelError(f"The x{scale} networks in {self.model_dir} give outputs of shapes {shapes} for a "
-                                 f"{self.multiple}x{self.multiple} input; both must be x{scale} to be blended.")
+                                 f"{self.multiple}x{self.multiple} input; all must be x{scale} to be blended.")
 
     # ---- sessions ------------------------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
@@ -107,15 +110,27 @@ class Enhancer:
     def round_strength(strength: float) -> float:
         return round(round(float(strength) / STRENGTH_STEP) * STRENGTH_STEP, 2)
 
-    def networks(self, scale: int, strength: float) -> list[tuple[float, ort.InferenceSession]]:
+    def has_jpeg_network(self, scale: int) -> bool:
+        return "faithful_jpeg" in self._nets[int(scale)]
+
+    def networks(self, scale: int, strength: float, jpeg: bool = False) -> list[tuple[float, ort.InferenceSession]]:
         """What the x`scale` output at `strength` (rounded to 0.05) is blended from: (weight, network) pairs,
-        one network at 0 or 1, both in between."""
+        one network at 0 or 1, both in between. jpeg: the input is JPEG-compressed, so the faithful side is the
+        JPEG-trained network where the scale has one."""
         s, nets = self.round_strength(strength), self._nets[int(scale)]
+        faithful = nets["faithful_jpeg"] if jpeg and "faithful_jpeg" in nets else nets["faithful"]
         if s == 0.0:
-            return [(1.0, nets["faithful"])]
+            return [(1.0, faithful)]
         if s == 1.0:
             return [(1.0, nets["gan"])]
-        return [(1.0 - s, nets["faithful"]), (s, nets["gan"])]
+        return [(1.0 - s, faithful), (s, nets["gan"])]
+
+    def uses_jpeg_network(self, rgb: np.ndarray, scale: int, jpeg: bool | None = None) -> bool:
+        """Whether this (H, W, 3) uint8 input goes through the scale's JPEG-trained network: `jpeg` if given,
+        else whether it looks JPEG-compressed (only asked where the scale has such a network)."""
+        if not self.has_jpeg_network(scale):
+            return False
+        return looks_jpeg_compressed(rgb) if jpeg is None else bool(jpeg)
 
     @staticmethod
     def _blend(nets, x: np.ndarray) -> np.ndarray:
@@ -174,11 +189,13 @@ class Enhancer:
 
     def enhance_array(self, rgb: np.ndarray, scale: int = 4, strength: float | None = None,
                       tile: int | None = None, tile_pad: int = DEFAULT_TILE_PAD,
-                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                      progress: Callable[[int, int], None] | None = None, jpeg: bool | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (scale*H, scale*W, 3) uint8 RGB.
 
         tile: side of the tile centres in input pixels (None: automatic, bounded memory; 0: whole image).
         tile_pad: context added on each side of a tile, in input pixels.
+        jpeg: use the scale's JPEG-trained faithful network (True), not (False), or if the input looks
+        JPEG-compressed (None).
         progress(done, total) is called before the first tile and after each one; it may raise (the web app
         raises `Cancelled`) to stop the work at the next tile."""
         strength = self._check(scale, strength)
@@ -190,12 +207,13 @@ class Enhancer:
         total = len(ys) * len(xs)
         if progress:
             progress(0, total)
+        jpeg = self.round_strength(strength) < 1 and self.uses_jpeg_network(rgb, scale, jpeg)   # 1: GAN only
+        nets = self.networks(scale, strength, jpeg)
         ph, pw = -h % m, -w % m
         if ph or pw:   # the same padding as superres.models.pad_to_multiple
             mode = "reflect" if (ph < h and pw < w) else "edge"
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode=mode)
         hp, wp = rgb.shape[:2]
-        nets = self.networks(scale, strength)
 
         out = np.empty((h * scale, w * scale, 3), np.uint8)
         done = 0
@@ -220,15 +238,16 @@ class Enhancer:
 
     def enhance(self, image: Image.Image, scale: int = 4, strength: float | None = None,
                 tile: int | None = None, tile_pad: int = DEFAULT_TILE_PAD,
-                progress: Callable[[int, int], None] | None = None) -> Image.Image:
-        """Upscale an RGB, RGBA, L or LA image (other modes are converted to RGB/RGBA first)."""
+                progress: Callable[[int, int], None] | None = None, jpeg: bool | None = None) -> Image.Image:
+        """Upscale an RGB, RGBA, L or LA image (other modes are converted to RGB/RGBA first); the arguments are
+        `enhance_array`'s."""
         self._check(scale, strength)
         mode = image.mode
         if mode not in ("RGB", "RGBA", "L", "LA"):
             mode = "RGBA" if "A" in mode or "transparency" in image.info else "RGB"
             image = image.convert(mode)
         rgb = np.asarray(image.convert("RGB") if mode != "RGB" else image)
-        big = self.enhance_array(rgb, scale, strength, tile, tile_pad, progress)
+        big = self.enhance_array(rgb, scale, strength, tile, tile_pad, progress, jpeg)
         size = (image.width * scale, image.height * scale)
         result = Image.fromarray(big, "RGB")
         del big

@@ -6,6 +6,8 @@ A model folder holds, for each scale S it supports (4 and 2):
     xS_faithful.onnx   pre-GAN weights (strength 0)
     xS_gan.onnx        GAN weights (strength 1); "input" -> "output" x S like the faithful one, whose output
                        it is blended with for a strength between 0 and 1
+    xS_faithful_jpeg.onnx  (optional) a faithful network trained on JPEG-compressed inputs only; it stands in
+                       for xS_faithful when the input shows JPEG quantisation (`superres.compression`)
     model_card.json    what they are, how they were trained, how well they do, their sha256
 """
 from __future__ import annotations
@@ -32,14 +34,17 @@ class ModelError(RuntimeError):
     """The model folder is missing, incomplete or does not match its card; `str(e)` says what to do."""
 
 
-def network_files(scale: int) -> dict:
-    """The card's `networks` entry for one scale: its faithful and GAN ONNX files."""
-    return {"faithful": f"x{scale}_faithful.onnx", "gan": f"x{scale}_gan.onnx"}
+KINDS = ("faithful", "gan", "faithful_jpeg")   # the networks a scale may have; the last one is optional
+
+
+def network_files(scale: int, jpeg: bool = False) -> dict:
+    """The card's `networks` entry for one scale: its faithful and GAN ONNX files (and the JPEG faithful one)."""
+    return {kind: f"x{scale}_{kind}.onnx" for kind in KINDS if jpeg or kind != "faithful_jpeg"}
 
 
 def model_files(card: dict) -> list[str]:
     """Every ONNX file the card names."""
-    return [entry[k] for entry in card["networks"].values() for k in ("faithful", "gan")]
+    return [entry[k] for entry in card["networks"].values() for k in KINDS if k in entry]
 
 
 def sha256(path) -> str:

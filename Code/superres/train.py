@@ -78,6 +78,9 @@ class TrainConfig:
     clean_prob: float = option(0.4, help="share of inputs made by plain bicubic down-scaling (the rest are "
                                          "blurred, resized, noised, JPEG'd)")
     jpeg_prob: float = option(0.8, help="share of JPEG compression among the degraded inputs")
+    jpeg_quality: str = option("30,95", help="range of the JPEG qualities, LOW,HIGH (drawn uniformly)")
+    blur_prob: float = option(0.5, help="share of Gaussian blur (before down-scaling) among the degraded inputs")
+    noise_prob: float = option(0.5, help="share of Gaussian noise among the degraded inputs")
     loss: str = option("auto", choices=["auto", "feature", "weightfree"],
                        help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
                             "L1 + SSIM + image gradients, auto = feature if the weights can be had, else weightfree")
@@ -168,7 +171,9 @@ def degradation(cfg: TrainConfig) -> Degradation:
     """The degradations a run trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
     Plain bicubic inputs (`clean_prob`) are the benchmark convention and what a resized clean photo is."""
     blur = {2: (0.2, 1.5), 4: (0.4, 3.0)}[cfg.scale]
-    return Degradation(scale=cfg.scale, clean_prob=cfg.clean_prob, jpeg_prob=cfg.jpeg_prob, blur_sigma=blur)
+    low, high = (int(q) for q in cfg.jpeg_quality.split(","))
+    return Degradation(scale=cfg.scale, clean_prob=cfg.clean_prob, jpeg_prob=cfg.jpeg_prob, blur_sigma=blur,
+                       jpeg_quality=(low, high), blur_prob=cfg.blur_prob, noise_prob=cfg.noise_prob)
 
 
 def dataloaders(cfg: TrainConfig):

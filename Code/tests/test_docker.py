@@ -4,7 +4,6 @@ Runs where a Docker engine answers (Code/ci_setup.sh starts one and builds a loc
 when Docker Hub is unreachable); skips with the reason elsewhere, and fails under CI=true. The container runs detached (`-d`, not
 `-it`: tests have no TTY) on a free host port mapped to the container's 5000."""
 import io
-import os
 import shutil
 import subprocess
 import tempfile

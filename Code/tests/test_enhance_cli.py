@@ -162,3 +162,19 @@ def test_webp_lossless_by_default_and_quality(untrained_model_dir, photos, tmp_p
     assert 0 < np.abs(pixels["webp_q"] - pixels["png"]).mean() < 8 and 0 < np.abs(pixels["jpg_q"] - pixels["png"]).mean() < 8
     res = enhance("-i", photos / "astro.png", "-o", tmp_path / "bad", "-q", "0", "--model-dir", untrained_model_dir)
     assert res.returncode == 2 and "--quality" in res.stderr
+
+
+def test_jpeg_network_auto_yes_no(tmp_path):
+    """--jpeg auto picks the JPEG-trained network for a compressed input; yes/no force it either way."""
+    import numpy as np
+    from superres.export import export_untrained
+    export_untrained(tmp_path / "model", scales=(2,), jpeg_scales=(2,))
+    astronaut().resize((128, 128), Image.LANCZOS).save(tmp_path / "q40.jpg", quality=40)
+    outs = {}
+    for choice in ("auto", "yes", "no"):
+        res = enhance("-i", tmp_path / "q40.jpg", "-o", tmp_path / choice, "-s", "2", "--strength", "0",
+                      "--jpeg", choice, "--model-dir", tmp_path / "model")
+        assert res.returncode == 0, res.stderr
+        outs[choice] = np.asarray(Image.open(tmp_path / choice / "q40.png"))
+    assert np.array_equal(outs["auto"], outs["yes"]) and not np.array_equal(outs["yes"], outs["no"])
+    assert enhance("-i", tmp_path / "q40.jpg", "-o", tmp_path, "--jpeg", "maybe").returncode == 2

@@ -202,7 +202,7 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert {"cpu", "cores", "threads"} <= set(report["machine"])
     card = json.loads((untrained_model_dir / "model_card.json").read_text())
     assert report["model_card"]["sha256"] == card["sha256"] and report["model_card"]["untrained"] is True
-    assert report["speed"] == []
+    assert report["speed"] == [] and report["jpeg_network_use"] == {}   # the untrained folder has no JPEG network
     tasks = {(r["set"], r["scale"]) for r in report["quality"]}
     assert tasks == {("portraits512", 4), ("portraits512", 2), ("portraits512_jpeg40", 4),
                      ("portraits512_jpeg40", 2), ("Set5", 4), ("Set5", 2), ("Set14", 4), ("Set14", 2),
@@ -230,3 +230,14 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert [p.name for p in details] == [f"{g.stem}_details.png" for g in grids if g.stem[:-3] in eo.SAMPLE_DETAILS]
     side = eo.DETAIL_CROP * eo.DETAIL_ZOOM   # three regions, one row each
     assert details and all(Image.open(p).height == 20 + 3 * (side + 4) for p in details)
+
+
+def test_jpeg_network_use_counts_the_inputs_the_detector_flags(shared_data):
+    from superres.evaluate import jpeg_network_use
+    card = {"networks": {"4": {"faithful": "a", "gan": "b", "faithful_jpeg": "c"}, "2": {"faithful": "a", "gan": "b"}}}
+    tasks = [("portraits512", 4), ("portraits512_jpeg40", 4), ("portraits512_jpeg40", 2)]
+    assert jpeg_network_use(shared_data, tasks, card, 3) == {"portraits512 x4": [0, 3], "portraits512_jpeg40 x4": [3, 3]}
+    report = {"machine": {"cpu": "c", "cores": 2, "loadavg_start": 0}, "command": "x", "created": "t",
+              "model_card": {"name": "m", "sha256": {"a": "0" * 64}, "created": "t", "dir": "d"},
+              "jpeg_network_use": {"portraits512_jpeg40 x4": [3, 3]}, "quality": [], "targets": []}
+    assert "JPEG-trained faithful network (`superres.compression`): portraits512_jpeg40 x4 3 of 3." in eo.markdown_report(report)

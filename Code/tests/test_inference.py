@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,29 @@ def test_strength_blends_the_two_outputs(enhancer):
     assert enhancer.networks(4, 0.5) != enhancer.networks(2, 0.5)
 
 
+def test_jpeg_network_stands_in_for_the_faithful_one_on_jpeg_inputs(tmp_path):
+    import io
+    from superres.export import export_untrained
+    export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,))
+    enhancer = Enhancer(tmp_path, threads=2)
+    assert enhancer.card["networks"]["2"]["faithful_jpeg"] == "x2_faithful_jpeg.onnx" and enhancer.has_jpeg_network(2)
+    clean = astronaut().resize((128, 128), Image.LANCZOS)
+    buf = io.BytesIO()
+    clean.save(buf, "JPEG", quality=40)
+    compressed = np.asarray(Image.open(buf).convert("RGB"))
+    assert enhancer.uses_jpeg_network(compressed, 2) and not enhancer.uses_jpeg_network(np.asarray(clean), 2)
+    assert not enhancer.uses_jpeg_network(compressed, 2, jpeg=False) and enhancer.uses_jpeg_network(clean, 2, jpeg=True)
+    faithful, gan = (net for _, net in enhancer.networks(2, 0.5))
+    (_, jpeg_net), _ = enhancer.networks(2, 0.5, jpeg=True)
+    assert jpeg_net not in (faithful, gan) and enhancer.networks(2, 1.0, jpeg=True) == [(1.0, gan)]
+    out = {j: enhancer.enhance_array(compressed, 2, strength=0.25, jpeg=j) for j in (None, True, False)}
+    assert np.array_equal(out[None], out[True]) and not np.array_equal(out[True], out[False])   # detected
+    clean_out = {j: enhancer.enhance_array(np.asarray(clean), 2, strength=0, jpeg=j) for j in (None, False)}
+    assert np.array_equal(clean_out[None], clean_out[False])
+    # strength 1 is the GAN alone, JPEG or not
+    assert np.array_equal(*(enhancer.enhance_array(compressed, 2, strength=1, jpeg=j) for j in (True, False)))
+
+
 def test_bad_arguments(enhancer):
     img = Image.new("RGB", (8, 8))
     with pytest.raises(ValueError, match="scale"):
@@ -160,7 +184,7 @@ def test_alpha_grayscale_icc(enhancer):
     assert enhancer.enhance(rgba.convert("LA"), scale=2).mode == "LA"
 
 
-def cheap_model_dir(dest) -> "Path":
+def cheap_model_dir(dest) -> Path:
     """A model folder that keeps the contract (a blendable pair of ONNX generators per scale, card with sha256)
     but whose networks are a resize and a 3x3 convolution: fast enough to push 2000x2000 x4 through in seconds."""
     import hashlib

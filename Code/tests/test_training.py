@@ -16,8 +16,7 @@ from superres.export import export_onnx
 from superres.losses import (FeatureLoss, LatticeLoss, WeightFreeLoss, WithLattice, gram_matrix, load_vgg16_bn,
                              make_loss)
 from superres.metrics import psnr_y, ssim_y
-from superres.models import (Generator, UnetConfig, blend_outputs, make_critic, make_encoder,
-                             pad_to_multiple, upscale)
+from superres.models import Generator, UnetConfig, blend_outputs, make_critic, make_encoder, upscale
 
 SMALL = UnetConfig(widen=0.25, nf=8, trunk_blocks=1, scale=2)
 
@@ -239,8 +238,15 @@ def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photo
     cfg4 = replace(cfg, run_dir=str(tmp_path / "x4"), scale=4, generator=replace(SMALL, scale=4), hr_size=128,
                    epochs_gen=1)
     train(cfg4, stages=("generator",))
-    card = export_runs([tmp_path / "x4", tmp_path / "x2"], tmp_path / "export")
-    assert card["scales"] == [2, 4] and card["networks"]["4"] == network_files(4)
+    # and its JPEG twin: fine-tuned from it on JPEG-compressed inputs only, exported as x4_faithful_jpeg
+    cfg4j = replace(cfg4, run_dir=str(tmp_path / "x4jpeg"), clean_prob=0.0, jpeg_prob=1.0, jpeg_quality="20,60",
+                    init=str(tmp_path / "x4" / "checkpoints" / "generator_faithful.pt"))
+    train(cfg4j, stages=("generator",))
+    card = export_runs([tmp_path / "x4", tmp_path / "x2"], tmp_path / "export", jpeg_run_dirs=[tmp_path / "x4jpeg"])
+    assert card["scales"] == [2, 4] and card["networks"]["4"] == network_files(4, jpeg=True)
+    assert card["networks"]["2"] == network_files(2) and set(card["jpeg_networks"]) == {"x4"}
+    jpeg_deg = card["jpeg_networks"]["x4"]["degradation"]["x4"]
+    assert jpeg_deg["clean_prob"] == 0 and jpeg_deg["jpeg_prob"] == 1 and jpeg_deg["jpeg_quality"] == [20, 60]
     assert card["losses"]["x2"]["generator"] == "weightfree" and card["stages"]["x2"]["gan"]["epochs"] == 1
     assert "CC BY 4.0" in " ".join(card["data"]["x2"]["training_sets"]) or card["data"]["x2"]["training_sets"]
     for f in card["sha256"]:
@@ -248,6 +254,8 @@ def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photo
     enhancer = Enhancer(tmp_path / "export")
     img = Image.open(next(iter(sorted(sample_photos.iterdir())))).convert("RGB").resize((48, 40))
     assert enhancer.enhance(img, scale=4).size == (192, 160) and enhancer.enhance(img, scale=2).size == (96, 80)
+    assert enhancer.has_jpeg_network(4) and not enhancer.has_jpeg_network(2)
+    assert enhancer.enhance(img, scale=4, strength=0, jpeg=True) != enhancer.enhance(img, scale=4, strength=0, jpeg=False)
 
 
 @pytest.mark.slow
@@ -338,7 +346,7 @@ def test_onnx_strength_blend_equals_torch_output_blend(tmp_path):
                 p.add_(0.02 * torch.randn_like(p))
             for p in m.parameters():   # weights the files store exactly (float16), so torch and ONNX agree
                 p.copy_(p.half().float())
-    export_models({2: (faithful, gan)}, tmp_path)
+    export_models({2: {"faithful": faithful, "gan": gan}}, tmp_path)
     enhancer = Enhancer(tmp_path)
     img = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -366,8 +374,9 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
             m.head[0][0].weight.normal_(0, 0.05)
     calib = calibration_inputs([sample_photos], Degradation(scale=2), n=4, hr_size=128)
     assert len(calib) == 4 and calib[0].shape == (1, 3, 64, 64) and calib[0].dtype == np.float32
-    card = export_models({2: (faithful, gan)}, tmp_path / "int8", int8={2: calib})
-    export_models({2: (faithful, gan)}, tmp_path / "float")
+    card = export_models({2: {"faithful": faithful, "gan": gan}}, tmp_path / "int8",
+                         int8={2: {"faithful": calib, "gan": calib}})
+    export_models({2: {"faithful": faithful, "gan": gan}}, tmp_path / "float")
     graph = onnx.load(str(tmp_path / "int8" / "x2_faithful.onnx")).graph
     quantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in graph.node if n.op_type == "Conv"]

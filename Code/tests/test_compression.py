@@ -1,0 +1,41 @@
+"""The JPEG detector (superres.compression): it reads JPEG quantisation from the pixels."""
+import io
+
+import numpy as np
+from PIL import Image
+
+from conftest import astronaut
+from superres.compression import STEP_FOR_JPEG_NETWORK, jpeg_step, looks_jpeg_compressed
+
+
+def jpeg(img: Image.Image, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def test_finds_the_quantisation_step_of_a_jpeg_and_none_in_a_clean_photo():
+    img = astronaut().resize((256, 256), Image.LANCZOS)   # a photo that was never a JPEG
+    assert jpeg_step(np.asarray(img)) == 0 and not looks_jpeg_compressed(np.asarray(img))
+    assert not looks_jpeg_compressed(jpeg(img, 95))         # step 2: fine detail kept, the general network
+    # the IJG step of luma (1,0) and (1,1) is 12 x the quality scale: 6 at quality 75, ~15 at 40, 30 at 20
+    assert jpeg_step(jpeg(img, 75)) == STEP_FOR_JPEG_NETWORK
+    assert 14 <= jpeg_step(jpeg(img, 40)) <= 16 and 28 <= jpeg_step(jpeg(img, 20)) <= 32
+    assert looks_jpeg_compressed(jpeg(img, 40))
+
+
+def test_what_it_cannot_see():
+    img = astronaut().resize((256, 256), Image.LANCZOS)
+    shifted = jpeg(img, 40)[3:, 5:]                          # cropped off the 8-px grid: the blocks do not align
+    assert not looks_jpeg_compressed(shifted)
+    assert jpeg_step(jpeg(img.resize((24, 24)), 20)) == 0  # nine blocks: too few to tell
+    resized = np.asarray(Image.fromarray(jpeg(img, 40)).resize((384, 384), Image.BICUBIC))
+    assert not looks_jpeg_compressed(resized)
+
+
+def test_flags_every_jpeg40_evaluation_input_and_no_clean_one(shared_data):
+    from superres.benchmark import image_names, load_pair
+    for set_name, flagged in (("portraits512", False), ("portraits512_jpeg40", True), ("Set14", False)):
+        names = image_names(shared_data, set_name, 4, 999)
+        assert len(names) >= 14
+        assert all(looks_jpeg_compressed(load_pair(shared_data, set_name, 4, n)[0]) == flagged for n in names)
