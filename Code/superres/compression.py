@@ -2,19 +2,22 @@
 
 JPEG stores each 8x8 block of luma as DCT coefficients rounded to multiples of a quantisation step. Decoding
 does not undo that: the DCT of the decoded 8x8 blocks still sits on multiples of the step, give or take the
-rounding of the pixels. `jpeg_step` finds that step for the two lowest vertical-frequency coefficients, (1,0)
-and (1,1), which the standard (IJG) table quantises alike: 12 x quality scale, e.g. 6 at quality 75, 14 at 40,
-28 at 20, 2 at 90. A photo that was never compressed has no such step.
+rounding of the pixels. `jpeg_step` looks for that step in the coefficients (1,0) and (1,1), which the standard
+(IJG) table quantises alike: 12 x the quality scale, i.e. 6 at quality 75, 15 at 40, 30 at 20 (2 at 90, which
+is below what it looks for). A photo that was never compressed has no such step.
 
 Why from the pixels: an image saved as PNG after being a JPEG (screenshots, messengers, editors) keeps its
-artefacts but not its quantisation tables, and `enhance_array` gets pixels. What it misses: a JPEG that was
-resized or cropped off the 8-pixel grid afterwards (its blocks no longer align), and images under 32x32 blocks
-of content; those get the general network, which was also trained on JPEG inputs.
+artefacts but not its quantisation tables, and `Enhancer.enhance_array` gets pixels. The block grid may start
+at any corner (an EXIF rotation turns the image after decoding), so all four are tried. What it misses: a JPEG
+that was resized or cropped off the 8-pixel grid afterwards (its blocks no longer align), CMYK JPEGs, and inputs
+under ~50 px a side (too few coefficients); those get the general network, which was also trained on JPEGs.
+What it must not flag: smooth gradients and flat synthetic images, whose blocks all have the same coefficients
+(they sit on "multiples" of many steps): a step counts only if the coefficients fill several of its multiples.
 
-Calibration (`~/superres-runs/v6/dctq.py`, 120 training photos, x4-downscaled, JPEG at each quality): never
-compressed and qualities 90-95: no step found in any; quality 75: step 6 in 115/120 (the others too small);
-quality 40: 118/120. On the evaluation sets: portraits512 and Set5/Set14/BSD100 inputs: 0 flagged;
-portraits512_jpeg40: 55/55 flagged at x4 and x2.
+Calibration (`~/superres-runs/v6/dctq_check.py`, 120 training photos, x4-downscaled, JPEG at each quality):
+never compressed and qualities 85-95: none flagged; quality 75: 105/120; quality 40: 117/120 (the others too
+small: T91's photos give inputs of 30-60 px). On the evaluation sets: portraits512, Set5, Set14 and BSD100 inputs: 0 flagged; portraits512_jpeg40:
+55/55 at x4 and x2.
 """
 from __future__ import annotations
 
@@ -26,14 +29,14 @@ _DCT = np.array([[np.sqrt((1 if u == 0 else 2) / 8) * np.cos((2 * x + 1) * u * n
 _POSITIONS = ((1, 0), (1, 1))   # coefficients with the same step in the IJG luma table (12 x scale)
 MAX_STEP = 40                   # the IJG step of these coefficients at quality ~15
 MIN_VALUES = 50                 # nonzero coefficients needed before a step is believed
+MIN_MULTIPLES = 3               # ... spread over at least this many multiples of it, each with 5 or more
 PERIODICITY = 0.5               # mean of cos(2 pi c / step): ~0.9 on a JPEG's step, ~0 at random
 MAX_SIDE = 1024                 # a centred crop this large (aligned to the 8-px grid) is plenty of blocks
 STEP_FOR_JPEG_NETWORK = 6       # step 6 = IJG quality 75: from here down, the JPEG-trained network is used
 
 
-def jpeg_step(rgb: np.ndarray) -> int:
-    """The JPEG quantisation step of the luma DCT coefficients (1,0) and (1,1) of an (H, W, 3) uint8 image's
-    8x8 blocks (aligned to its top-left corner); 0 when there is none (never compressed, or too small to tell)."""
+def _step_on_grid(rgb: np.ndarray) -> int:
+    """`jpeg_step` for the block grid that starts at the top-left corner of `rgb`."""
     h, w = rgb.shape[0] // 8 * 8, rgb.shape[1] // 8 * 8
     y0, x0 = max(0, (h - MAX_SIDE) // 16 * 8), max(0, (w - MAX_SIDE) // 16 * 8)   # stays on the block grid
     crop = rgb[y0:y0 + min(h, MAX_SIDE), x0:x0 + min(w, MAX_SIDE)]
@@ -43,9 +46,21 @@ def jpeg_step(rgb: np.ndarray) -> int:
     # the largest step whose multiples the coefficients sit on (its divisors fit as well: look from the top)
     for step in range(MAX_STEP, 2, -1):
         c = coefs[np.abs(coefs) > step / 2]   # zeros are multiples of every step: they tell nothing
-        if len(c) >= MIN_VALUES and np.cos(2 * np.pi * c / step).mean() > PERIODICITY:
+        if len(c) < MIN_VALUES or np.cos(2 * np.pi * c / step).mean() <= PERIODICITY:
+            continue
+        _, counts = np.unique(np.round(c / step), return_counts=True)
+        if (counts >= 5).sum() >= MIN_MULTIPLES:
             return step
     return 0
+
+
+def jpeg_step(rgb: np.ndarray) -> int:
+    """The JPEG quantisation step found in the luma DCT coefficients (1,0) and (1,1) of an (H, W, 3) uint8
+    image's 8x8 blocks, on the grid of whichever corner shows one; 0 when there is none (never compressed, or
+    too small to tell). An estimate: below quality ~15 (steps over MAX_STEP) it returns a divisor of the step.
+    What callers rely on is whether it reaches STEP_FOR_JPEG_NETWORK."""
+    h, w = rgb.shape[:2]
+    return max(_step_on_grid(rgb[oy:, ox:]) for oy in {0, h % 8} for ox in {0, w % 8})
 
 
 def looks_jpeg_compressed(rgb: np.ndarray) -> bool:

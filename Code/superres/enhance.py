@@ -104,6 +104,8 @@ def run(args) -> int:
         enhancer = Enhancer(args.model_dir, threads=args.threads)
     except ModelError as e:
         return fail(str(e))
+    if args.jpeg == "yes" and not enhancer.has_jpeg_network(args.scale):
+        return fail(f"--jpeg yes: the model in {enhancer.model_dir} has no JPEG network for x{args.scale}")
     fmt = OUT_FORMATS.get(args.ext, "PNG")
     options = save_options(fmt, args.quality)
 

@@ -87,8 +87,8 @@ def machine_info() -> dict:
 
 
 def jpeg_network_use(data_root: Path, tasks, card: dict, limit) -> dict:
-    """For each set/scale whose networks include a JPEG-trained one: [inputs that take it, inputs], as decided by
-    the Enhancer (`superres.compression.looks_jpeg_compressed` on the whole input)."""
+    """For each set/scale whose networks include a JPEG-trained one: [inputs that take it at strengths below 1,
+    inputs], by the test the Enhancer applies (`superres.compression.looks_jpeg_compressed`)."""
     from .benchmark import load_pair
     from .compression import looks_jpeg_compressed
     use = {}

@@ -86,9 +86,9 @@ def markdown_report(report: dict) -> str:
         if card.get("untrained"):
             lines += ["**These are random-weight (untrained) models: a pipeline check, not results.**", ""]
         if report.get("jpeg_network_use"):
-            used = "; ".join(f"{k} {n} of {m}" for k, (n, m) in report["jpeg_network_use"].items())
+            used = "; ".join(f"{task} {n} of {total}" for task, (n, total) in report["jpeg_network_use"].items())
             lines += [f"Inputs that showed JPEG compression and so went through the JPEG-trained faithful network "
-                      f"(`superres.compression`): {used}.", ""]
+                      f"at strengths below 1 (`superres.compression`): {used}.", ""]
     lines += ["PSNR and SSIM on Y (BT.601) with `scale` pixels shaved; HaarPSI (piq, RGB, weight-free; higher is "
               "better); HF ratio = RMS of the Laplacian of Y, output over target (< 1 smoother than the target, > 1 "
               "added texture); lattice = the strongest 2/4/8-px grid peak of the output's spectrum relative to the "

@@ -212,12 +212,16 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
         scale = str(model.cfg.scale)
         if scale not in networks:
             raise ValueError(f"the JPEG run {run_dir} is x{scale}, but no --run gives that scale's networks")
+        if "faithful_jpeg" in networks[scale]:
+            raise ValueError(f"two JPEG runs for x{scale}: {list(jpeg_run_dirs)}")
         networks[scale]["faithful_jpeg"] = model
         card.setdefault("jpeg_networks", {})[f"x{scale}"] = {
             "used": "in place of the faithful network when the input shows JPEG quantisation of IJG quality ~75 or "
                     "lower (superres.compression)",
-            "run": run_dir.name, "train": record["config"]["data"], "degradation": record.get("degradation"),
-            "loss": record.get("loss"), "stages": record["stages"], "note": record.get("note")}
+            "run": run_dir.name, "train": record["config"]["data"],
+            "training_sets": training_sets(record["config"]["data"]), "degradation": record.get("degradation"),
+            "loss": record.get("loss"), "stages": record["stages"],
+            **({"note": record["note"]} if record.get("note") else {})}
         if int8_data:
             int8[int(scale)]["faithful_jpeg"] = calibration(record, scale)
     return export_models(networks, out_dir, card, int8)
@@ -228,8 +232,9 @@ def add_arguments(p):
     p.add_argument("--run", action="append", default=None,
                    help="training run folder (with checkpoints/); repeat it for the other scale's run")
     p.add_argument("--jpeg-run", action="append", default=[], metavar="RUN",
-                   help="run folder of a generator trained on JPEG-compressed inputs (train --clean-prob 0 --jpeg-prob 1): "
-                        "it stands in for its scale's faithful network on inputs that look JPEG-compressed")
+                   help="run folder of a generator trained on JPEG-compressed inputs (train --init <faithful.pt> "
+                        "--stages generator --clean-prob 0 --jpeg-prob 1 --jpeg-quality 20,80): it stands in for its "
+                        "scale's faithful network on inputs that look JPEG-compressed (quality ~75 or lower)")
     p.add_argument("-o", "--out", default=None, help="model folder to write (default: <run>/export)")
     p.add_argument("--untrained", action="store_true", help="export randomly initialised networks (for tests)")
     p.add_argument("--int8", metavar="FOLDERS", default=None,

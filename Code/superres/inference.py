@@ -11,8 +11,8 @@ Real-ESRGAN's `RealESRGANer`:
   but the interpolated networks drew a grid that neither end has: on portraits512 x4 the lattice measure was
   23.0 at s = 0.25 with interpolated weights and 7.9 with blended outputs; 6.0 and 8.4 at the ends.)
 * a scale may also have a faithful network trained on JPEG-compressed inputs (`xS_faithful_jpeg`): when the
-  input shows JPEG quantisation (`superres.compression`, read from the pixels of the whole image before
-  tiling), it stands in for the faithful network; `jpeg=True/False` overrides the detection;
+  input shows JPEG quantisation (`superres.compression`, read from the pixels of the image, up to a centred
+  1024 px crop, before tiling), it stands in for the faithful network; `jpeg=True/False` overrides the detection;
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
   to the output (crop, no blending), so there are no seams and memory depends on the tile size, not on
@@ -86,7 +86,7 @@ class Enhancer:
             shapes = {kind: net.run(None, {"input": x})[0].shape for kind, net in nets.items()}
             if any(shape != (1, 3, scale * self.multiple, scale * self.multiple) for shape in shapes.values()):
                 raise ModelError(f"The x{scale} networks in {self.model_dir} give outputs of shapes {shapes} for a "
-                                 f"{self.multiple}x{self.multiple} input; all must be x{scale} to be blended.")
+                                 f"{self.multiple}x{self.multiple} input; all must be x{scale}.")
 
     # ---- sessions ------------------------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
@@ -111,7 +111,7 @@ class Enhancer:
         return round(round(float(strength) / STRENGTH_STEP) * STRENGTH_STEP, 2)
 
     def has_jpeg_network(self, scale: int) -> bool:
-        return "faithful_jpeg" in self._nets[int(scale)]
+        return "faithful_jpeg" in self._nets.get(int(scale), {})
 
     def networks(self, scale: int, strength: float, jpeg: bool = False) -> list[tuple[float, ort.InferenceSession]]:
         """What the x`scale` output at `strength` (rounded to 0.05) is blended from: (weight, network) pairs,
@@ -207,8 +207,8 @@ class Enhancer:
         total = len(ys) * len(xs)
         if progress:
             progress(0, total)
-        jpeg = self.round_strength(strength) < 1 and self.uses_jpeg_network(rgb, scale, jpeg)   # 1: GAN only
-        nets = self.networks(scale, strength, jpeg)
+        use_jpeg = self.round_strength(strength) < 1 and self.uses_jpeg_network(rgb, scale, jpeg)   # 1: GAN only
+        nets = self.networks(scale, strength, use_jpeg)
         ph, pw = -h % m, -w % m
         if ph or pw:   # the same padding as superres.models.pad_to_multiple
             mode = "reflect" if (ph < h and pw < w) else "edge"

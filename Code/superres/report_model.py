@@ -66,6 +66,9 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
             total += sum(s.get("wall_s", 0) for s in stages.values())
             for name in STAGES:
                 rows.append(stage_row(scale, name, stages.get(name), lines if scale == MAIN_SCALE else []))
+        for scale, jpeg in sorted((card.get("jpeg_networks") or {}).items()):   # stage 1 only, fine-tuned
+            total += jpeg["stages"]["generator"].get("wall_s", 0)
+            rows.append(stage_row(f"{scale} JPEG", "generator", jpeg["stages"]["generator"], []))
         lines.append(define("stage", "total@hours", f"{total / 3600:.1f}"))
         lines.append(define("stage", "total@minutes", f"{total / 60:.0f}"))
         files["model_stages.tex"] = "\n".join([

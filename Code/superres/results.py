@@ -7,7 +7,9 @@ machine{cpu, cores, threads, platform, python, loadavg_start, loadavg_end, versi
 model_card{dir, name, created, package_version, untrained, default_strength, networks, sha256{file: hex}} | null,
 quality[{set, scale, method, strength|null, n_images, psnr_y, ssim_y, haarpsi, hf_ratio, lattice, spectral}],
 speed[{method, strength|null, options, input, output, scale, runs, seconds_per_image, min_seconds,
-megapixels_per_s, load_seconds, peak_rss_mb}], targets[{id, description, measured, required, passed|null}]}.
+megapixels_per_s, load_seconds, peak_rss_mb}], targets[{id, description, measured, required, passed|null}],
+jpeg_network_use{"<set> x<scale>": [inputs that took the JPEG-trained network, inputs]} (where a model is
+evaluated; only the scales that have such a network)}.
 """
 from __future__ import annotations
 

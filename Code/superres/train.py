@@ -171,7 +171,12 @@ def degradation(cfg: TrainConfig) -> Degradation:
     """The degradations a run trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
     Plain bicubic inputs (`clean_prob`) are the benchmark convention and what a resized clean photo is."""
     blur = {2: (0.2, 1.5), 4: (0.4, 3.0)}[cfg.scale]
-    low, high = (int(q) for q in cfg.jpeg_quality.split(","))
+    try:
+        low, high = (int(q) for q in cfg.jpeg_quality.split(","))
+    except ValueError:
+        raise ValueError(f"--jpeg-quality must be LOW,HIGH (e.g. 30,95), got {cfg.jpeg_quality!r}") from None
+    if not 1 <= low <= high <= 100:
+        raise ValueError(f"--jpeg-quality needs 1 <= LOW <= HIGH <= 100, got {cfg.jpeg_quality!r}")
     return Degradation(scale=cfg.scale, clean_prob=cfg.clean_prob, jpeg_prob=cfg.jpeg_prob, blur_sigma=blur,
                        jpeg_quality=(low, high), blur_prob=cfg.blur_prob, noise_prob=cfg.noise_prob)
 

@@ -178,3 +178,5 @@ def test_jpeg_network_auto_yes_no(tmp_path):
         outs[choice] = np.asarray(Image.open(tmp_path / choice / "q40.png"))
     assert np.array_equal(outs["auto"], outs["yes"]) and not np.array_equal(outs["yes"], outs["no"])
     assert enhance("-i", tmp_path / "q40.jpg", "-o", tmp_path, "--jpeg", "maybe").returncode == 2
+    res = enhance("-i", tmp_path / "q40.jpg", "-o", tmp_path / "x4", "--jpeg", "yes", "--model-dir", tmp_path / "model")
+    assert res.returncode == 2 and "no JPEG network for x4" in res.stderr   # the folder has x2 only

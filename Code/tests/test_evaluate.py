@@ -240,4 +240,4 @@ def test_jpeg_network_use_counts_the_inputs_the_detector_flags(shared_data):
     report = {"machine": {"cpu": "c", "cores": 2, "loadavg_start": 0}, "command": "x", "created": "t",
               "model_card": {"name": "m", "sha256": {"a": "0" * 64}, "created": "t", "dir": "d"},
               "jpeg_network_use": {"portraits512_jpeg40 x4": [3, 3]}, "quality": [], "targets": []}
-    assert "JPEG-trained faithful network (`superres.compression`): portraits512_jpeg40 x4 3 of 3." in eo.markdown_report(report)
+    assert "JPEG-trained faithful network at strengths below 1 (`superres.compression`): portraits512_jpeg40 x4 3 of 3." in eo.markdown_report(report)

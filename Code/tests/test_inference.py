@@ -148,7 +148,7 @@ def test_jpeg_network_stands_in_for_the_faithful_one_on_jpeg_inputs(tmp_path):
     clean.save(buf, "JPEG", quality=40)
     compressed = np.asarray(Image.open(buf).convert("RGB"))
     assert enhancer.uses_jpeg_network(compressed, 2) and not enhancer.uses_jpeg_network(np.asarray(clean), 2)
-    assert not enhancer.uses_jpeg_network(compressed, 2, jpeg=False) and enhancer.uses_jpeg_network(clean, 2, jpeg=True)
+    assert not enhancer.uses_jpeg_network(compressed, 2, jpeg=False) and enhancer.uses_jpeg_network(np.asarray(clean), 2, jpeg=True)
     faithful, gan = (net for _, net in enhancer.networks(2, 0.5))
     (_, jpeg_net), _ = enhancer.networks(2, 0.5, jpeg=True)
     assert jpeg_net not in (faithful, gan) and enhancer.networks(2, 1.0, jpeg=True) == [(1.0, gan)]
