@@ -16,8 +16,8 @@ What it must not flag: smooth gradients and flat synthetic images, whose blocks 
 
 Calibration (`~/superres-runs/v6/dctq_check.py`, 120 training photos, x4-downscaled, JPEG at each quality):
 never compressed and qualities 85-95: none flagged; quality 75: 105/120; quality 40: 117/120 (the others too
-small: T91's photos give inputs of 30-60 px). On the evaluation sets: portraits512, Set5, Set14 and BSD100 inputs: 0 flagged; portraits512_jpeg40:
-55/55 at x4 and x2.
+small: T91's photos give inputs of 30-60 px). On the evaluation sets: portraits512, Set5, Set14 and BSD100
+inputs: 0 flagged; portraits512_jpeg40: 55/55 at x4 and x2.
 """
 from __future__ import annotations
 
