@@ -168,6 +168,8 @@ def loss_text(name: str | None) -> str:
         import inspect
         wgts = inspect.signature(FeatureLoss.__init__).parameters["layer_wgts"].default
         return "L1 + VGG16_bn feature + Gram losses, layer weights " + ", ".join(f"{x:g}" for x in wgts)
+    if name == "mse":
+        return "pixel MSE"
     return name or "pixel + feature loss (see the model card)"
 
 

@@ -5,6 +5,7 @@ FeatureLoss (fastai lesson 7 "superres"): pixel L1 + L1 between VGG16_bn activat
 Gram matrices, on the layers just before the 3rd, 4th and 5th max-pools, weighted 5, 15, 2.
 WeightFreeLoss: L1 + (1 - SSIM) + L1 of image gradients. It needs no downloads, so it is what trained the
 models shipped in this repo (the model card records which loss was used).
+MSELoss: pixel mean squared error, what PSNR measures; for a last, low-LR fine-tuning towards PSNR.
 """
 from __future__ import annotations
 
@@ -93,10 +94,19 @@ class WeightFreeLoss(nn.Module):
         return loss
 
 
+class MSELoss(nn.Module):
+    name = "mse"
+
+    def forward(self, pred, target):
+        return F.mse_loss(pred.float(), target.float())
+
+
 def make_loss(kind: str = "auto") -> nn.Module:
-    """'feature' (needs the VGG weights), 'weightfree', or 'auto' (feature where it can be had)."""
+    """'feature' (needs the VGG weights), 'weightfree', 'mse', or 'auto' (feature where it can be had)."""
     if kind == "weightfree":
         return WeightFreeLoss()
+    if kind == "mse":
+        return MSELoss()
     if kind == "feature":
         return FeatureLoss()
     if kind == "auto":

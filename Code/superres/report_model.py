@@ -12,7 +12,7 @@ MAIN_SCALE = "x4"   # the run the report describes in detail (the x2 run is summ
 NETWORKS_JSON = "networks.json"         # in Report/generated/: the networks' description (superres.report_torch)
 DEGRADATIONS_PNG = "degradations.png"   # in Report/generated/: draws of the training degradation (report_torch)
 LOSS_NAMES = {"weightfree": "the weight-free loss (L1 + SSIM + gradient L1)",
-              "feature": "the VGG16\\_bn feature loss"}
+              "feature": "the VGG16\\_bn feature loss", "mse": "pixel MSE"}
 
 
 def recorded_degradations(card: dict | None, record: dict | None) -> dict[str, dict]:

@@ -81,9 +81,10 @@ class TrainConfig:
     jpeg_quality: str = option("30,95", help="range of the JPEG qualities, LOW,HIGH (drawn uniformly)")
     blur_prob: float = option(0.5, help="share of Gaussian blur (before down-scaling) among the degraded inputs")
     noise_prob: float = option(0.5, help="share of Gaussian noise among the degraded inputs")
-    loss: str = option("auto", choices=["auto", "feature", "weightfree"],
+    loss: str = option("auto", choices=["auto", "feature", "weightfree", "mse"],
                        help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
-                            "L1 + SSIM + image gradients, auto = feature if the weights can be had, else weightfree")
+                            "L1 + SSIM + image gradients, mse = pixel MSE (what PSNR measures: a last fine-tuning at a low "
+                            "LR), auto = feature if the weights can be had, else weightfree")
     pretrained: bool = option(False, help="ImageNet encoder weights (needs internet; default: random init)")
     init: str | None = option(None, help="start the generator from this checkpoint (fine-tuning; default: from "
                                          "scratch)")

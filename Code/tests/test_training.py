@@ -13,8 +13,8 @@ from superres.data import Degradation, make_pair, sr_dataloaders
 from dataclasses import replace
 
 from superres.export import export_onnx
-from superres.losses import (FeatureLoss, LatticeLoss, WeightFreeLoss, WithLattice, gram_matrix, load_vgg16_bn,
-                             make_loss)
+from superres.losses import (FeatureLoss, LatticeLoss, MSELoss, WeightFreeLoss, WithLattice, gram_matrix,
+                             load_vgg16_bn, make_loss)
 from superres.metrics import psnr_y, ssim_y
 from superres.models import Generator, UnetConfig, blend_outputs, make_critic, make_encoder, upscale
 
@@ -141,6 +141,13 @@ def test_weightfree_loss_zero_for_identical_and_grows_with_error():
     assert loss(y + 0.1 * torch.randn_like(y), y) > loss(y + 0.01 * torch.randn_like(y), y) > 0
 
 
+def test_mse_loss_is_what_psnr_measures():
+    y = torch.rand(2, 3, 32, 32)
+    noisy = (y + 0.05 * torch.randn_like(y)).bfloat16()   # under bf16 autocast the prediction arrives as bf16
+    assert make_loss("mse").name == "mse" and MSELoss()(y, y).item() == 0
+    assert MSELoss()(noisy, y).item() == pytest.approx(((noisy.float() - y) ** 2).mean().item(), rel=1e-6)
+
+
 def test_lattice_loss_costs_a_grid_only():
     """Zero for the target itself, positive for a faint 4-px grid, and it has gradients to train with."""
     torch.manual_seed(0)
@@ -240,13 +247,14 @@ def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photo
     train(cfg4, stages=("generator",))
     # and its JPEG twin: fine-tuned from it on JPEG-compressed inputs only, exported as x4_faithful_jpeg
     cfg4j = replace(cfg4, run_dir=str(tmp_path / "x4jpeg"), clean_prob=0.0, jpeg_prob=1.0, jpeg_quality="20,60",
-                    init=str(tmp_path / "x4" / "checkpoints" / "generator_faithful.pt"))
+                    loss="mse", init=str(tmp_path / "x4" / "checkpoints" / "generator_faithful.pt"))
     train(cfg4j, stages=("generator",))
     card = export_runs([tmp_path / "x4", tmp_path / "x2"], tmp_path / "export", jpeg_run_dirs=[tmp_path / "x4jpeg"])
     assert card["scales"] == [2, 4] and card["networks"]["4"] == network_files(4, jpeg=True)
     assert card["networks"]["2"] == network_files(2) and set(card["jpeg_networks"]) == {"x4"}
     jpeg_deg = card["jpeg_networks"]["x4"]["degradation"]["x4"]
     assert jpeg_deg["clean_prob"] == 0 and jpeg_deg["jpeg_prob"] == 1 and jpeg_deg["jpeg_quality"] == [20, 60]
+    assert card["jpeg_networks"]["x4"]["loss"] == "mse"
     assert card["losses"]["x2"]["generator"] == "weightfree" and card["stages"]["x2"]["gan"]["epochs"] == 1
     assert "CC BY 4.0" in " ".join(card["data"]["x2"]["training_sets"]) or card["data"]["x2"]["training_sets"]
     for f in card["sha256"]:
