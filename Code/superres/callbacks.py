@@ -19,7 +19,7 @@ class CPUSpeedup(Callback):
     """bf16 autocast + channels_last on CPU (fastai's MixedPrecision only targets CUDA).
 
     Only the forward pass runs in bf16: the loss (SSIM's variances in particular) is computed in fp32,
-    which bf16 made diverge to NaN."""
+    which bf16 made diverge to NaN; the generator keeps its head in fp32 itself (`superres.models.Generator`)."""
     order = 10
 
     def before_fit(self):

@@ -12,7 +12,8 @@ Every stage checkpoints each epoch into <run>/checkpoints and resumes from there
 whose final weights exist is skipped. <run>/record.json keeps what was done and measured.
 
 On a CPU we train with bf16 autocast and channels_last (about 2x faster here); on a GPU with fastai's
-MixedPrecision (bf16) and channels_last. `--minutes-gen` / `--minutes-gan` train a stage for a wall-clock
+MixedPrecision (bf16) and channels_last. The generator's head and residual add run in fp32 either way (see
+`Generator.forward`). `--minutes-gen` / `--minutes-gan` train a stage for a wall-clock
 budget: the one-cycle schedule follows the elapsed time instead of the step count (for one-shot runs on lent
 GPUs). Under `accelerate launch --num_processes N` each fit runs in fastai's `distrib_ctx` (DDP, data
 sharded per rank) and only rank 0 writes: see distributed.py.

@@ -96,6 +96,21 @@ def test_generator_works_at_the_input_size():
     assert max(sizes) == 64
 
 
+def test_head_keeps_sub_grey_detail_under_bf16_autocast():
+    """Under bf16 autocast (how CPUSpeedup trains) the head and the residual add stay in fp32: a 0.1-grey change
+    of the head's bias reaches a near-white output whole. In bf16 (steps of about one grey level there) it would
+    vanish or become a whole step, and a sub-grey grid would be invisible to the loss (issue 9)."""
+    torch.manual_seed(0)
+    g = Generator(replace(SMALL, scale=4)).eval()
+    x = 0.9 + 0.05 * torch.rand(1, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = g(x)
+        g.head[0][0].bias += 0.1 / 255
+        after = g(x)
+    assert before.dtype == torch.float32
+    assert torch.allclose(after - before, torch.full_like(before, 0.1 / 255), atol=1e-6)
+
+
 @pytest.mark.parametrize("scale", [2, 4])
 def test_untrained_generator_starts_near_bicubic_without_a_grid(scale):
     """ICNR: at the start every pixel of a PixelShuffle cell gets the same correction, so there is no grid."""
