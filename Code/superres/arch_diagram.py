@@ -143,6 +143,7 @@ def describe(model_card: dict | None = None, train_config: dict | None = None, l
             "critic": describe_critic(critic_nf),
             "loss": (losses.get("x4") or {}).get("generator") or loss,
             "gan_weights": tc.get("gan_weights", list(TrainConfig(data="").gan_weights)),
+            "polish_lattice": tc.get("polish_lattice", TrainConfig(data="").polish_lattice),
             "default_strength": (model_card or {}).get("default_strength")}
     desc["loss_text"] = loss_text(desc["loss"])        # in words, so that drawing needs no torch
     card_params = (model_card or {}).get("parameters", {})
@@ -330,13 +331,14 @@ def draw(desc: dict, path=None, dpi: int = 110):
     lines = [("1  generator", r"$L_{pix}(\hat y, y)$ (EMA of weights)  ->  $\theta_{faithful}$"),
              ("2  critic", r"BCE: $D(\hat y)$ -> generated, $D(y)$ -> real"),
              ("3  GAN", f"{gw[0]:g} x adversarial + {gw[1]:g} x " + r"$L_{pix}$  ->  $\theta_{GAN}$"),
-             ("", "each scale trains its own run of the three stages")]
+             ("4  polish", r"$|\hat y - \hat y_{3}|_1$ + " + f"{desc['polish_lattice']:g}" + r" x lattice  ->  $\theta_{GAN}$"),
+             ("", "each scale trains its own run of the four stages")]
     label(lx - 1, 22.0, "training stages and losses", fs=12.5, weight="bold", color=COLORS["loss"], ha="left")
     for k, (stage, text) in enumerate(lines):
-        yy = 17.8 - k * 3.9
+        yy = 17.8 - k * 3.3
         label(lx - 1, yy, stage, fs=11, ha="left", weight="bold", color=COLORS["loss"])
         label(lx + 17, yy, text, fs=11, ha="left")
-    label(lx - 1, 17.8 - 4 * 3.9, r"$L_{pix}$ = " + desc["loss_text"], fs=11, ha="left", style="italic")
+    label(lx - 1, 17.8 - 5 * 3.3, r"$L_{pix}$ = " + desc["loss_text"], fs=11, ha="left", style="italic")
     # where the losses attach
     ax.text(83, cy + 9.2, "L (1, 3)", fontsize=11, color=COLORS["loss"], weight="bold", ha="center")
     label(98, cyy + 16.2, "BCE (2), adversarial (3)", fs=11, color=COLORS["loss"], weight="bold")

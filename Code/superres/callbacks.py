@@ -1,6 +1,6 @@
 """The fastai callbacks the training stages use (train.py puts them together): speed (bf16 + channels_last),
-per-epoch checkpoints and a CSV log that survive a resume, a wall-clock budget, an EMA of the weights, and the
-critic's pre-training batches."""
+per-epoch checkpoints and a CSV log that survive a resume, a wall-clock budget, an EMA of the weights, the
+critic's pre-training batches and the polish stage's frozen anchor."""
 from __future__ import annotations
 
 import json
@@ -169,3 +169,16 @@ class GeneratedVsReal(Callback):
         real = self.yb[0]
         self.learn.xb = (torch.cat([fake, real]),)
         self.learn.yb = (torch.cat([fake.new_zeros(len(fake)), real.new_ones(len(real))]),)
+
+
+class FrozenOutput(Callback):
+    """Adds a frozen network's output to each batch's targets, yb = (photo, frozen(x)): the polish stage's anchor."""
+    def __init__(self, model):
+        self.model = model.eval().requires_grad_(False)
+
+    def before_fit(self):
+        self.model.to(self.dls.device)
+
+    def before_batch(self):
+        with torch.no_grad():
+            self.learn.yb = (*self.yb, self.model(self.xb[0]))

@@ -187,8 +187,9 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
         record = json.loads((run_dir / "record.json").read_text())
         cfg, ck = record["config"], run_dir / "checkpoints"
         faithful = load_network(ck / "generator_faithful.pt")
-        gan_path = ck / "generator_gan.pt"
-        gan = load_network(gan_path) if gan_path.exists() else faithful
+        # the strength-1 end: the polished GAN generator (stage 4) where the run has one, else stage 3's
+        gan_path = next((p for p in (ck / "generator_polished.pt", ck / "generator_gan.pt") if p.exists()), None)
+        gan = load_network(gan_path) if gan_path else faithful
         scale = str(faithful.cfg.scale)
         if scale in networks:
             raise ValueError(f"two runs for x{scale}: {run_dirs}")
@@ -199,7 +200,9 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
         card["losses"][f"x{scale}"] = {"generator": record.get("loss"), "critic": "BCEWithLogits (AdaptiveLoss)",
                                        "gan": f"adversarial + {record.get('loss')} weighted {cfg['gan_weights']}"
                                               + (f", + {cfg['lattice_weight']:g} x lattice loss in the content term"
-                                                 if cfg.get("lattice_weight") else "")}
+                                                 if cfg.get("lattice_weight") else ""),
+                                       **({"polish": record["stages"]["polish"]["loss"]}
+                                          if "polish" in record["stages"] else {})}
         card["stages"][f"x{scale}"] = record["stages"]
         card["training"][f"x{scale}"] = {"device": cfg["device"], "bf16": cfg["bf16"],
                                          "pretrained_encoder": cfg["pretrained"], "run": run_dir.name}

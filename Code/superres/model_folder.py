@@ -25,7 +25,7 @@ from pathlib import Path
 CARD = "model_card.json"
 FORMAT = 2                  # 1: x2 generator + x2 up-sampler chain; 2: one generator per scale
 DEFAULT_STRENGTH = 0.25     # the card's default_strength as exported: mostly faithful, a little GAN detail
-STAGES = ("generator", "critic", "gan")   # the training stages, in order, as the card's `stages` records them
+STAGES = ("generator", "critic", "gan", "polish")   # the training stages, in order, as the card's `stages` records them
 
 log = logging.getLogger("superres.model_folder")
 

@@ -21,7 +21,8 @@ PROBE = REPO / "Code" / "tests" / "ddp_probe.py"
 N_PHOTOS = 8
 TINY = ["--scale", "2", "--hr-size", "64", "--bs", "2", "--repeats", "1", "--widen", "0.25", "--nf", "8",
         "--trunk-blocks", "1", "--critic-nf", "16", "--loss", "weightfree", "--device", "cpu",
-        "--minutes-gen", "0.1", "--epochs-critic", "1", "--lr-critic", "1e-2", "--lr-gan", "1e-3"]
+        "--minutes-gen", "0.1", "--epochs-critic", "1", "--lr-critic", "1e-2", "--lr-gan", "1e-3",
+        "--epochs-polish", "1"]
 # (the higher learning rates make the critic good enough within its few steps that the GAN switcher hands over
 # to the generator: the GAN stage then trains both networks)
 
@@ -71,8 +72,9 @@ def test_two_processes_train_every_stage_in_step_then_resume(tmp_path):
     rank0, rank1 = accelerate_launch(tmp_path, tmp_path / "probe1", *args, "--epochs-gan", "2")
     check_ranks_agree(rank0, rank1)
     models = [s["model"] for s in rank0]
-    n_gen = models.count("Generator")   # a 6 s budget (--minutes-gen): both ranks stopped at rank 0's step
-    assert n_gen >= 2 and models == ["Generator"] * n_gen + ["Sequential"] * 2 + ["GANModule"] * 4  # 2 steps/epoch
+    n_gen = models.index("Sequential")   # a 6 s budget (--minutes-gen): both ranks stopped at rank 0's step
+    # then 2 steps per epoch: critic 1 epoch, GAN 2, polish 1
+    assert n_gen >= 2 and models == ["Generator"] * n_gen + ["Sequential"] * 2 + ["GANModule"] * 4 + ["Generator"] * 2
     for fit in {s["fit"] for s in rank0}:
         fingerprints = [s["weights"] for s in rank0 if s["fit"] == fit]
         assert len(set(fingerprints)) == len(fingerprints)   # every step changed the weights
@@ -83,11 +85,11 @@ def test_two_processes_train_every_stage_in_step_then_resume(tmp_path):
     run = tmp_path / "run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "probe1", "run"]
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == sorted(
-        ["record.json", "logs/generator.csv", "logs/critic.csv", "logs/gan.csv"]
-        + [f"checkpoints/{n}" for n in ("generator_faithful.pt", "critic.pt", "generator_gan.pt")]
-        + [f"checkpoints/{s}_last.{e}" for s in ("generator", "critic", "gan") for e in ("pth", "json")])
+        ["record.json", "logs/generator.csv", "logs/critic.csv", "logs/gan.csv", "logs/polish.csv"]
+        + [f"checkpoints/{n}" for n in ("generator_faithful.pt", "critic.pt", "generator_gan.pt", "generator_polished.pt")]
+        + [f"checkpoints/{s}_last.{e}" for s in ("generator", "critic", "gan", "polish") for e in ("pth", "json")])
     record = json.loads((run / "record.json").read_text())
-    assert record["processes"] == 2 and set(record["stages"]) == {"generator", "critic", "gan"}
+    assert record["processes"] == 2 and set(record["stages"]) == {"generator", "critic", "gan", "polish"}
     gen_epochs = csv_epochs(run / "logs" / "generator.csv")   # (a time-budget stage logs no row for its last epoch)
     assert gen_epochs == list(range(len(gen_epochs))) and csv_epochs(run / "logs" / "gan.csv") == [0, 1]
 

@@ -20,7 +20,7 @@ from conftest import free_port, wait_http
 
 CODE = Path(__file__).resolve().parents[1]
 NOTEBOOK = CODE / "SuperResolution.ipynb"
-STAGES = ("generator", "critic", "gan")
+STAGES = ("generator", "critic", "gan", "polish")
 
 
 def code_cells(nb):
@@ -80,7 +80,7 @@ def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) >= 8, f"expected the data, stage and demo figures, got {len(figures)}"
 
-    # the run folders (one per scale) live in the working copy, each with a record of the three stages
+    # the run folders (one per scale) live in the working copy, each with a record of the four stages
     run_dir = work / "runs" / "smoke"
     for scale in (4, 2):
         record = json.loads((run_dir / f"x{scale}" / "record.json").read_text())

@@ -1,5 +1,5 @@
 """Unit tests of the training package (degradations, models, losses, ONNX export, weight interpolation)
-and integration tests that run the three fastai stages on real photos that packages ship."""
+and integration tests that run the four fastai stages on real photos that packages ship."""
 import json
 import random
 
@@ -13,7 +13,7 @@ from superres.data import Degradation, make_pair, sr_dataloaders
 from dataclasses import replace
 
 from superres.export import export_onnx
-from superres.losses import (FeatureLoss, LatticeLoss, MSELoss, WeightFreeLoss, WithLattice, gram_matrix,
+from superres.losses import (FeatureLoss, LatticeLoss, MSELoss, PolishLoss, WeightFreeLoss, WithLattice, gram_matrix,
                              load_vgg16_bn, make_loss)
 from superres.metrics import psnr_y, ssim_y
 from superres.models import Generator, UnetConfig, blend_outputs, make_critic, make_encoder, upscale
@@ -163,6 +163,21 @@ def test_mse_loss_is_what_psnr_measures():
     assert MSELoss()(noisy, y).item() == pytest.approx(((noisy.float() - y) ** 2).mean().item(), rel=1e-6)
 
 
+def test_polish_loss_anchors_to_the_frozen_output_and_costs_a_grid():
+    """The polish stage's loss is L1 to the network's own earlier output, not to the photo, plus the lattice loss:
+    the photo itself costs only its distance from the anchor; a 4-px grid on the anchor costs more than its L1."""
+    torch.manual_seed(0)
+    photo = torch.rand(2, 3, 64, 64)
+    before = (photo + 0.05 * torch.randn_like(photo)).clamp(0, 1)
+    loss = PolishLoss(0.1)
+    assert loss(before, photo, before).item() == pytest.approx(0.1 * LatticeLoss()(before, photo).item(), abs=1e-6)
+    assert loss(photo, photo, before).item() == pytest.approx(torch.nn.functional.l1_loss(photo, before).item(), abs=1e-6)
+    grid = torch.zeros(1, 1, 64, 64)
+    grid[..., ::4, ::4] = 0.05
+    l1_of_grid = grid.abs().mean().item()
+    assert loss(before + grid, photo, before).item() > l1_of_grid + loss(before, photo, before).item()
+
+
 def test_lattice_loss_costs_a_grid_only():
     """Zero for the target itself, positive for a faint 4-px grid, and it has gradients to train with."""
     torch.manual_seed(0)
@@ -233,18 +248,19 @@ def test_onnx_matches_torch_at_other_sizes(tmp_path):
         assert np.abs(out - ref).max() < 1e-3   # weights stored as float16
 
 
-# ---- the three stages, for real, on photos that packages ship ------------------------------------
+# ---- the four stages, for real, on photos that packages ship -------------------------------------
 @pytest.mark.slow
-def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photos):
+def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos):
     from superres.export import export_runs, network_files
     from superres.inference import Enhancer
     from superres.train import TrainConfig, train
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
-                      epochs_gan=1, loss="weightfree")
+                      epochs_gan=1, epochs_polish=1, loss="weightfree")
     run = train(cfg)
     rec = json.loads((tmp_path / "x2" / "record.json").read_text())
-    assert set(rec["stages"]) == {"generator", "critic", "gan"}
+    assert set(rec["stages"]) == {"generator", "critic", "gan", "polish"}
+    assert rec["stages"]["polish"]["loss"] == "l1-to-self+0.03*lattice" and "psnr_y" in rec["stages"]["polish"]["valid"]
     assert rec["loss"] == "weightfree" and rec["degradation"]["x2"]["clean_prob"] == cfg.clean_prob
     for stage in rec["stages"].values():
         assert stage["steps"] > 0
@@ -253,6 +269,9 @@ def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photo
     a = torch.load(ck / "generator_faithful.pt", weights_only=False)["model"]
     b = torch.load(ck / "generator_gan.pt", weights_only=False)["model"]
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    # ... and so did the polish, whose weights are the strength-1 end of the export below
+    polished = torch.load(ck / "generator_polished.pt", weights_only=False)["model"]
+    assert any(not torch.equal(polished[k], b[k]) for k in b if b[k].is_floating_point())
     # re-running is a no-op resume: finished stages are skipped, weights unchanged
     train(cfg)
     assert torch.equal(torch.load(ck / "generator_gan.pt", weights_only=False)["model"][next(iter(b))], b[next(iter(b))])
@@ -264,6 +283,11 @@ def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photo
     cfg4j = replace(cfg4, run_dir=str(tmp_path / "x4jpeg"), clean_prob=0.0, jpeg_prob=1.0, jpeg_quality="20,60",
                     loss="mse", init=str(tmp_path / "x4" / "checkpoints" / "generator_faithful.pt"))
     train(cfg4j, stages=("generator",))
+    # mark the polished x2 network (+0.1 on every output pixel) to see which one the export takes for strength 1
+    from superres.models import load_network, save_network
+    marked = load_network(ck / "generator_polished.pt")
+    marked.head[0][0].bias.data += 0.1
+    save_network(marked, ck / "generator_polished.pt")
     card = export_runs([tmp_path / "x4", tmp_path / "x2"], tmp_path / "export", jpeg_run_dirs=[tmp_path / "x4jpeg"])
     assert card["scales"] == [2, 4] and card["networks"]["4"] == network_files(4, jpeg=True)
     assert card["networks"]["2"] == network_files(2) and set(card["jpeg_networks"]) == {"x4"}
@@ -271,6 +295,14 @@ def test_three_stages_train_resume_and_export_both_scales(tmp_path, sample_photo
     assert jpeg_deg["clean_prob"] == 0 and jpeg_deg["jpeg_prob"] == 1 and jpeg_deg["jpeg_quality"] == [20, 60]
     assert card["jpeg_networks"]["x4"]["loss"] == "mse"
     assert card["losses"]["x2"]["generator"] == "weightfree" and card["stages"]["x2"]["gan"]["epochs"] == 1
+    assert card["losses"]["x2"]["polish"] == "l1-to-self+0.03*lattice" and "polish" not in card["losses"]["x4"]
+    # the x2 GAN network is the polished one (marked above), not stage 3's
+    x = torch.rand(1, 3, 32, 32)
+    sess = ort.InferenceSession(str(tmp_path / "export" / "x2_gan.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want, stage3 = (load_network(ck / f).eval()(x).numpy() for f in ("generator_polished.pt", "generator_gan.pt"))
+    got = sess.run(["output"], {"input": x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-2 and np.abs((got - stage3).mean() - 0.1) < 1e-2
     assert "CC BY 4.0" in " ".join(card["data"]["x2"]["training_sets"]) or card["data"]["x2"]["training_sets"]
     for f in card["sha256"]:
         assert (tmp_path / "export" / f).stat().st_size > 20_000
