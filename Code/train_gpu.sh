@@ -10,7 +10,7 @@
 #
 # DATA holds portraits/train, portraits/valid (validation only) and general/train. The run folders go to
 # $RUNS (default: a new temporary folder); OUT receives only what `python -m superres export` needs, one
-# file per checkpoint (NAME_faithful.pt, NAME_gan.pt, copied as soon as its stage ends), and records.tgz with the
+# file per checkpoint (NAME_faithful.pt, NAME_gan.pt = the polished GAN generator, copied as soon as its stage ends), and records.tgz with the
 # run records and logs. Stages follow `superres train` exactly; only batch size, workers and time differ.
 #
 # A lent GPU gets only the working tree (64 MiB in all), so DATA was a git-excluded folder in the repo holding
@@ -41,8 +41,8 @@ train_job() {   # NAME SCALE [flags]
     || { echo "$name generator failed; retrying in fp32"; rm -rf "$run";
          $PY -m superres train "${args[@]}" --no-bf16 --stages generator >> "$RUNS/${name}_generator.log" 2>&1; }
   cp "$run/checkpoints/generator_faithful.pt" "$OUT/${name}_faithful.pt" || return 1
-  $PY -m superres train "${args[@]}" --stages generator,critic,gan > "$RUNS/${name}_gan.log" 2>&1
-  cp "$run/checkpoints/generator_gan.pt" "$OUT/${name}_gan.pt"
+  $PY -m superres train "${args[@]}" --stages generator,critic,gan,polish > "$RUNS/${name}_gan.log" 2>&1
+  cp "$run/checkpoints/generator_polished.pt" "$OUT/${name}_gan.pt"   # the strength-1 end: GAN, then polish
 }
 
 t0=$(date +%s); pids=(); names=()
