@@ -10,8 +10,8 @@
 #
 # DATA holds portraits/train, portraits/valid (validation only) and general/train. The run folders go to
 # $RUNS (default: a new temporary folder); OUT receives only what `python -m superres export` needs, one
-# file per checkpoint (NAME_faithful.pt, NAME_gan.pt = the polished GAN generator, copied as soon as its stage ends), and records.tgz with the
-# run records and logs. Stages follow `superres train` exactly; only batch size, workers and time differ.
+# file per checkpoint (NAME_faithful.pt, NAME_gan.pt = the polished GAN generator, each copied as soon as its
+# stage ends), and records.tgz with the run records and logs. Stages follow `superres train` exactly; only batch size, workers and time differ.
 #
 # A lent GPU gets only the working tree (64 MiB in all), so DATA was a git-excluded folder in the repo holding
 # ../shared/data's portraits/train at <= 512 px (v3: 640; Pillow, Lanczos, JPEG q87 4:4:4), 16 of portraits/valid

@@ -38,8 +38,7 @@ from fastai.vision.gan import (AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminat
 from torch import nn
 
 from .callbacks import (EMA, CPUSpeedup, CudaSpeedup, EpochCheckpoint, FrozenOutput, GeneratedVsReal,
-                        ResumableCSVLogger,
-                        StepTimer, TimeBudget)
+                        ResumableCSVLogger, StepTimer, TimeBudget)
 from .data import Degradation, sr_dataloaders
 from .distributed import ddp, init_distributed, is_main
 from .losses import PolishLoss, WithLattice, make_loss
@@ -292,8 +291,9 @@ def photo_only(metric):
 def polish(run: Run, dls) -> Generator:
     """Stage 4: the lattice polish. The GAN generator is fine-tuned against its own output before the polish (L1
     to a frozen copy, which keeps its texture) plus the lattice loss against the photo, in fp32. Why: the GAN
-    stage's lattice loss alone left a 2-px column pattern (x4 lattice 8.4 at strength 1, 8.8 at 0.25); 20 CPU-minutes
-    of this stage took it under 4 at every strength above 0 for 0.2 dB at strength 1 (issue 9)."""
+    stage's lattice loss alone left a 2-px column pattern (x4 lattice 8.3 at strength 1, 7.2-8.0 in between); 6
+    epochs of this stage (13 CPU-minutes) took it to 4.4-4.5 at every strength above 0 for 0.23 dB at strength 1;
+    longer cost more PSNR without lowering it further (issue 9)."""
     cfg, out, src = run.cfg, run.ckpt("generator_polished.pt"), run.ckpt("generator_gan.pt")
     if out.exists():
         return load_network(out)
