@@ -176,9 +176,29 @@ class HighPass(nn.Module):
         return (x - blur) * self.gain
 
 
-def make_critic(nf: int = 32, n_blocks: int = 3) -> nn.Module:
-    """fastai's GAN critic (spectral norm, self-attention) on the image's high frequencies; patch logits."""
-    return nn.Sequential(HighPass(), gan_critic(n_channels=3, nf=nf, n_blocks=n_blocks))
+class ImageAndHighPass(nn.Module):
+    """The image (scaled to [-1, 1]) stacked with its amplified high-pass: 6 channels.
+
+    Why: a critic that sees only the high-pass cannot tell a bright halo beside a dark edge, or a dotted
+    texture on flat skin, from a real edge or real skin pores: each has the same high-pass energy. Issue 9
+    asks for a critic that also sees the image."""
+
+    def __init__(self, gain: float = 8.0):
+        super().__init__()
+        self.high_pass = HighPass(gain)
+
+    def forward(self, x):
+        return torch.cat([x * 2 - 1, self.high_pass(x)], dim=1)
+
+
+CRITIC_INPUTS = {"highpass": (HighPass, 3), "image+highpass": (ImageAndHighPass, 6)}
+
+
+def make_critic(nf: int = 32, n_blocks: int = 3, sees: str = "highpass") -> nn.Module:
+    """fastai's GAN critic (spectral norm, self-attention) on the image's high frequencies (`sees="highpass"`)
+    or on the image and its high frequencies (`"image+highpass"`); patch logits."""
+    view, channels = CRITIC_INPUTS[sees]
+    return nn.Sequential(view(), gan_critic(n_channels=channels, nf=nf, n_blocks=n_blocks))
 
 
 def n_params(model: nn.Module) -> int:

@@ -43,7 +43,7 @@ from .data import Degradation, sr_dataloaders
 from .distributed import ddp, init_distributed, is_main
 from .losses import PolishLoss, WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
-from .models import Generator, UnetConfig, load_network, make_critic, n_params, save_network
+from .models import CRITIC_INPUTS, Generator, UnetConfig, load_network, make_critic, n_params, save_network
 from .options import add_options, from_options, option
 
 from .model_folder import STAGES  # the stage names, in the order the model card records them
@@ -58,6 +58,9 @@ class TrainConfig:
     scale: int = option(4, choices=[2, 4], help="what this run's generator does")
     generator: UnetConfig = field(default_factory=UnetConfig)    # flags --arch, --widen, --nf, --trunk-blocks
     critic_nf: int = option(32, help="width of the critic (channels of its first layer)")
+    critic_sees: str = option("highpass", choices=list(CRITIC_INPUTS),
+                              help="what the critic is shown: the amplified high-pass of the image, or the image "
+                                   "and its high-pass")
     hr_size: int = option(192, help="side of the high-resolution training crops in pixels; the input crop is "
                                     "hr_size/scale")
     bs: int = option(16, help="batch size")
@@ -230,7 +233,7 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
 
 
 def critic_learner(run: Run, dls) -> Learner:
-    critic = make_critic(nf=run.cfg.critic_nf)
+    critic = make_critic(nf=run.cfg.critic_nf, sees=run.cfg.critic_sees)
     return run.learner(dls, critic, AdaptiveLoss(nn.BCEWithLogitsLoss()), metrics=[accuracy_thresh_expand],
                        bf16=False)
 

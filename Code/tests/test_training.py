@@ -148,6 +148,18 @@ def test_critic_scores_patches():
     assert c(torch.rand(2, 3, 64, 64)).shape[0] == 2
 
 
+def test_image_seeing_critic_tells_apart_what_the_high_pass_cannot():
+    # a flat offset (a halo's light band is one, locally) leaves the high-pass unchanged: only the
+    # image-seeing critic's input, and so its score, can change
+    x = torch.rand(1, 3, 64, 64) * 0.5
+    brighter = x + 0.3
+    blind, seeing = make_critic(nf=16).eval(), make_critic(nf=16, sees="image+highpass").eval()
+    with torch.no_grad():
+        assert torch.allclose(blind(x), blind(brighter), atol=1e-5)
+        assert not torch.allclose(seeing(x), seeing(brighter), atol=1e-3)
+        assert seeing[0](x).shape == (1, 6, 64, 64)
+
+
 # ---- losses and metrics -----------------------------------------------------------------------------
 def test_weightfree_loss_zero_for_identical_and_grows_with_error():
     loss = WeightFreeLoss()
@@ -437,7 +449,14 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert any(c.input[0] in quantised for c in convs)                        # int8 convs ...
     assert all(c.input[0] not in quantised for c in convs if c.name.startswith(FLOAT_CONVS))  # ... but these
-    assert card["int8"]["mean_abs_error_vs_torch"]["x2_faithful"] < 2 / 255
+    assert card["int8"]["mean_abs_error_vs_torch"]["x2_faithful"] < 3 / 255   # 7-bit weights; the trained x4: 0.0012
+    # what this CPU's int8 kernels compute equals the graph's own arithmetic (QDQ step by step, no fused kernels):
+    # with 8-bit weights, CPUs without VNNI saturated (0.025 apart on this network; see superres.quantize)
+    fused, stepwise = ort.SessionOptions(), ort.SessionOptions()
+    stepwise.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    runs = [ort.InferenceSession(str(tmp_path / "int8" / "x2_faithful.onnx"), so, providers=["CPUExecutionProvider"])
+            .run(["output"], {"input": calib[0]})[0] for so in (fused, stepwise)]
+    assert np.abs(runs[0] - runs[1]).mean() < 0.5 / 255
     img = Image.fromarray((np.asarray(Image.open(next(sample_photos.iterdir())).convert("RGB").resize((64, 64)))))
     outs = [np.asarray(Enhancer(tmp_path / d).enhance(img, scale=2, strength=0.5), np.float32) for d in ("int8", "float")]
     assert np.abs(outs[0] - outs[1]).mean() < 2.0   # grey levels; a random network quantises worse than ours
