@@ -77,7 +77,9 @@ class TrainConfig:
     lr_gan: float = option(1e-4, help="stage 3: learning rate (the critic's is 5x this)")
     minutes_gan: float = option(0.0, help="stage 3: if > 0, train for this many minutes of wall-clock time "
                                           "instead of --epochs-gan")
-    gan_weights: tuple = (1.0, 50.0)           # (adversarial, pixel/feature) as in the lesson
+    adversarial_weight: float = option(1.0, help="stage 3: weight of the critic's verdict in the generator's loss, "
+                                                 "against 50 for the content loss (the fastai lesson's 1 and 50)")
+    gan_weights: tuple = field(init=False)     # (adversarial, content) as GANLearner takes them: __post_init__
     lattice_weight: float = option(0.0, help="stage 3: weight of the lattice loss that penalises a periodic grid "
                                              "in the output (0 = off)")
     epochs_polish: int = option(6, help="stage 4: lattice-polish epochs (constant LR)")
@@ -103,6 +105,9 @@ class TrainConfig:
     device: str = option("cpu", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")  # add_arguments
     workers: int = option(0, help="data-loading processes (0 = load in the training process)")
     seed: int = 42
+
+    def __post_init__(self):
+        self.gan_weights = (self.adversarial_weight, 50.0)
 
     def to_dict(self):
         return asdict(self)
