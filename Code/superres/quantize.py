@@ -8,8 +8,8 @@ at -0.011 dB on portraits512 x4, -0.013 on its JPEG-40 twin, -0.011 on Set5 and 
   final residual, where an int8 step (1/255 of their range) is a visible error (all convs in int8: -0.87 dB);
 * the calibration inputs are degraded the way training inputs are (blur, noise, JPEG): calibrated on clean
   resized photos only, the JPEG-40 inputs lost 0.16 dB.
-The weights are quantised to 7 bits (`reduce_range`). Why: on x86 CPUs without VNNI (AVX2 only: most AMD EPYC and
-Ryzen before Zen 4, Intel before Cascade Lake) ONNX Runtime multiplies uint8 activations by int8 weights with
+The weights are quantised to 7 bits (`reduce_range`). Why: on x86 CPUs without VNNI (AVX2 only, e.g. AMD before
+Zen 4, older Intel) ONNX Runtime multiplies uint8 activations by int8 weights with
 VPMADDUBSW, which adds pairs of products in int16 and saturates when both are large. With 8-bit weights the
 shipped x4 faithful network lost 0.85 dB there (37.05 instead of 37.90 dB on 10 portraits512 x4, lattice 13.4
 instead of 7.0: a visible grid); 7-bit weights keep every sum in range.

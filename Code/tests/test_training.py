@@ -269,7 +269,7 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
                       epochs_gan=1, epochs_polish=1, loss="weightfree", critic_sees="image+highpass",
-                      adversarial_weight=0.3)   # the shipped models' critic and weight: test_distributed.py
+                      adversarial_weight=0.3)   # the defaults (high-pass critic, 1) train in test_distributed.py
     run = train(cfg)
     rec = json.loads((tmp_path / "x2" / "record.json").read_text())
     assert set(rec["stages"]) == {"generator", "critic", "gan", "polish"}
