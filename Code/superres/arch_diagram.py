@@ -142,7 +142,9 @@ def describe(model_card: dict | None = None, train_config: dict | None = None, l
             "generator": describe_generator(gen_cfg), "generator_x2": describe_generator(x2_cfg),
             "critic": describe_critic(critic_nf),
             "loss": (losses.get("x4") or {}).get("generator") or loss,
-            "gan_weights": tc.get("gan_weights", list(TrainConfig(data="").gan_weights)),
+            # what trained the shipped x4 GAN network (the card's record of its stage), else the run's or the defaults
+            "gan_weights": ((model_card or {}).get("stages", {}).get("x4", {}).get("gan", {}).get("weights_gen")
+                            or tc.get("gan_weights", list(TrainConfig(data="").gan_weights))),
             "polish_lattice": tc.get("polish_lattice", TrainConfig(data="").polish_lattice),
             "default_strength": (model_card or {}).get("default_strength")}
     desc["loss_text"] = loss_text(desc["loss"])        # in words, so that drawing needs no torch

@@ -4,7 +4,7 @@ The convolutions of the U-Net and the trunk compute in int8 (QDQ, weights per ch
 much faster. Measured on the shipped x4 faithful network, 2 CPU cores: 256->1024 in 0.048 s instead of 0.081 s,
 at -0.011 dB on portraits512 x4, -0.013 on its JPEG-40 twin, -0.011 on Set5 and -0.005 on Set14 (issue 8 allows
 0.05). Two choices keep the loss that small:
-* the bicubic enlargement (`BicubicPhases`) and the head conv stay float32: they carry the image itself and the
+* the fixed enlargement (`UpscalePhases`) and the head conv stay float32: they carry the image itself and the
   final residual, where an int8 step (1/255 of their range) is a visible error (all convs in int8: -0.87 dB);
 * the calibration inputs are degraded the way training inputs are (blur, noise, JPEG): calibrated on clean
   resized photos only, the JPEG-40 inputs lost 0.16 dB.
@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import Degradation, big_enough, image_files_in, make_pair
 
-FLOAT_CONVS = ("/bicubic/", "/head.")   # ONNX node-name prefixes of the convs kept in float32 (see above)
+FLOAT_CONVS = ("/skip/", "/head.")   # ONNX node-name prefixes of the convs kept in float32 (see above)
 
 
 def calibration_inputs(folders, degradation: Degradation, n: int = 48, hr_size: int | None = None,

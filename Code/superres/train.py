@@ -99,8 +99,8 @@ class TrainConfig:
                             "L1 + SSIM + image gradients, mse = pixel MSE (what PSNR measures: a last fine-tuning at a low "
                             "LR), auto = feature if the weights can be had, else weightfree")
     pretrained: bool = option(False, help="ImageNet encoder weights (needs internet; default: random init)")
-    init: str | None = option(None, help="start the generator from this checkpoint (fine-tuning; default: from "
-                                         "scratch)")
+    init: str | None = option(None, help="start the generator from this checkpoint (fine-tuning; its architecture, "
+                                         "except --skip, which has no weights; default: from scratch)")
     bf16: bool = option(True, help="train in fp32 (default: bf16 autocast + channels_last)")
     device: str = option("cpu", help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")  # add_arguments
     workers: int = option(0, help="data-loading processes (0 = load in the training process)")
@@ -215,10 +215,11 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
     if out.exists():
         return load_network(out)
     started = time.time()
-    if cfg.init:   # fine-tuning: the architecture and weights come from the checkpoint
+    if cfg.init:   # fine-tuning: the architecture and weights come from the checkpoint, the skip from --skip
         model = load_network(cfg.init)
         if model.cfg.scale != cfg.scale:
             raise ValueError(f"--init {cfg.init} is a x{model.cfg.scale} generator, not x{cfg.scale}")
+        model.set_skip(cfg.generator.skip)   # it has no weights: the residual learns the new one (issue 9)
     else:
         model = rank0_first(Generator, cfg.generator, pretrained=cfg.pretrained)   # one ImageNet download
     learn = run.learner(dls, model, loss_func, metrics=[psnr_y, ssim_y])

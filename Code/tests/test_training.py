@@ -16,7 +16,8 @@ from superres.export import export_onnx
 from superres.losses import (FeatureLoss, LatticeLoss, MSELoss, PolishLoss, WeightFreeLoss, WithLattice, gram_matrix,
                              load_vgg16_bn, make_loss)
 from superres.metrics import psnr_y, ssim_y
-from superres.models import Generator, UnetConfig, blend_outputs, make_critic, make_encoder, upscale
+from superres.models import (Generator, UnetConfig, UpscalePhases, blend_outputs, load_network, make_critic,
+                             make_encoder, upscale)
 
 SMALL = UnetConfig(widen=0.25, nf=8, trunk_blocks=1, scale=2)
 
@@ -123,6 +124,22 @@ def test_untrained_generator_starts_near_bicubic_without_a_grid(scale):
     assert d.abs().mean() < 0.1
     cells = d.unfold(2, scale, scale).unfold(3, scale, scale)      # (1, 3, 32, 32, s, s)
     assert (cells - cells[..., :1, :1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_fixed_enlargements_bicubic_is_pytorchs_lanczos4_keeps_flat_areas_flat(scale):
+    x = torch.rand(1, 3, 24, 20)
+    bicubic = torch.nn.functional.pixel_shuffle(UpscalePhases(scale, "bicubic")(x), scale)
+    ref = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    assert (bicubic - ref).abs().max() < 1e-5
+    lanczos = UpscalePhases(scale, "lanczos4")
+    flat = torch.nn.functional.pixel_shuffle(lanczos(torch.full((1, 3, 16, 16), 0.7)), scale)
+    assert (flat - 0.7).abs().max() < 1e-6
+    # a ramp comes out as the same ramp on the finer grid, within half a grey level (Lanczos ripples a little)
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)
+    big = torch.nn.functional.pixel_shuffle(lanczos(ramp), scale)[0, 0, 0, 8 * scale: 24 * scale]
+    pos = (torch.arange(8 * scale, 24 * scale) + 0.5) / scale - 0.5
+    assert torch.allclose(big, pos / 31, atol=0.5 / 255)
 
 
 def test_encoder_width_is_configurable():
@@ -346,6 +363,10 @@ def test_time_budget_ema_and_fine_tuning(tmp_path, sample_photos):
     train(cfg2, stages=("generator",))
     tuned = torch.load(tmp_path / "b" / "checkpoints" / "generator_faithful.pt", weights_only=False)
     assert tuned["config"]["nf"] == SMALL.nf   # the architecture came from --init, not from the config
+    # except the fixed enlargement (no weights): --skip lanczos4 fine-tunes a bicubic-skip network with Lanczos-4
+    train(replace(cfg2, run_dir=str(tmp_path / "e"), generator=replace(SMALL, skip="lanczos4")), stages=("generator",))
+    assert load_network(tmp_path / "e" / "checkpoints" / "generator_faithful.pt").cfg.skip == "lanczos4"
+    assert tuned["config"]["skip"] == "bicubic"
     with pytest.raises(ValueError, match="x2 generator"):
         train(replace(cfg2, run_dir=str(tmp_path / "c"), scale=4, hr_size=128), stages=("generator",))
     # --epochs-gen 0: the GAN stages start from the --init network exactly (how the shipped GANs were retrained)
@@ -429,7 +450,7 @@ def test_onnx_strength_blend_equals_torch_output_blend(tmp_path):
 
 
 def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_photos):
-    """export --int8: the U-Net and trunk convs become int8 (QDQ), the bicubic and head convs stay float, the output
+    """export --int8: the U-Net and trunk convs become int8 (QDQ), the skip and head convs stay float, the output
     stays within a grey level of the float network's on average, and the Enhancer serves the folder as any other."""
     import onnx
     from superres.data import Degradation
@@ -450,7 +471,8 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
     quantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert any(c.input[0] in quantised for c in convs)                        # int8 convs ...
-    assert all(c.input[0] not in quantised for c in convs if c.name.startswith(FLOAT_CONVS))  # ... but these
+    kept = [c for c in convs if c.name.startswith(FLOAT_CONVS)]
+    assert len(kept) == 2 and all(c.input[0] not in quantised for c in kept)  # ... but the skip and the head
     assert card["int8"]["mean_abs_error_vs_torch"]["x2_faithful"] < 3 / 255   # 7-bit weights; the trained x4: 0.0012
     # what this CPU's int8 kernels compute equals the graph's own arithmetic (QDQ step by step, no fused kernels):
     # with 8-bit weights, CPUs without VNNI saturated (0.025 apart on this network; see superres.quantize)
