@@ -8,9 +8,11 @@
 #   e.g. bash Code/train_gpu.sh data out 5.5 1.5 x4:4 x2:2                          (v3: both scales from scratch)
 #        bash Code/train_gpu.sh data out 2.5 4 'lat01:4:--lattice-weight 0.1 --init init/x4_faithful.pt --lr-gen 5e-4'
 #        bash Code/train_gpu.sh data out 0 4.3 'ih03:4:--init init/x4_faithful.pt --epochs-gen 0 --minutes-gen 0
-#             --minutes-polish 1 --critic-sees image+highpass --adversarial-weight 0.3 --lattice-weight 0.03'
+#             --minutes-polish 1 --adversarial-weight 0.3'
 #                        (the shipped x4 strength-1 network, 2026-11-27, beside two other jobs; x2: 'x2ih01:2:...'
-#                         with --init init/x2_faithful.pt, --minutes-gan 2.4 --minutes-polish 0.5, weight 0.1)
+#                         with --init init/x2_faithful.pt, --minutes-gan 2.4 --minutes-polish 0.5, weight 0.1;
+#                         the critic then saw the image and its high-pass and the lattice weight was 0.03, now the
+#                         defaults)
 #
 # DATA holds portraits/train, portraits/valid (validation only) and general/train. The run folders go to
 # $RUNS (default: a new temporary folder); OUT receives only what `python -m superres export` needs, one

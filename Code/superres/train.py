@@ -58,9 +58,9 @@ class TrainConfig:
     scale: int = option(4, choices=[2, 4], help="what this run's generator does")
     generator: UnetConfig = field(default_factory=UnetConfig)    # flags --arch, --widen, --nf, --trunk-blocks
     critic_nf: int = option(32, help="width of the critic (channels of its first layer)")
-    critic_sees: str = option("highpass", choices=list(CRITIC_INPUTS),
-                              help="what the critic is shown: the amplified high-pass of the image, or the image "
-                                   "and its high-pass")
+    critic_sees: str = option("image+highpass", choices=list(CRITIC_INPUTS),
+                              help="what the critic is shown: the image and its amplified high-pass (what trained the "
+                                   "shipped networks), or the high-pass only")
     hr_size: int = option(192, help="side of the high-resolution training crops in pixels; the input crop is "
                                     "hr_size/scale")
     bs: int = option(16, help="batch size")
@@ -77,11 +77,12 @@ class TrainConfig:
     lr_gan: float = option(1e-4, help="stage 3: learning rate (the critic's is 5x this)")
     minutes_gan: float = option(0.0, help="stage 3: if > 0, train for this many minutes of wall-clock time "
                                           "instead of --epochs-gan")
-    adversarial_weight: float = option(1.0, help="stage 3: weight of the critic's verdict in the generator's loss, "
-                                                 "against 50 for the content loss (the fastai lesson's 1 and 50)")
+    adversarial_weight: float = option(0.3, help="stage 3: weight of the critic's verdict in the generator's loss, "
+                                                 "against 50 for the content loss (the fastai lesson: 1; the shipped "
+                                                 "x4 network: 0.3, x2: 0.1)")
     gan_weights: tuple = field(init=False)     # (adversarial, content) as GANLearner takes them: __post_init__
-    lattice_weight: float = option(0.0, help="stage 3: weight of the lattice loss that penalises a periodic grid "
-                                             "in the output (0 = off)")
+    lattice_weight: float = option(0.03, help="stage 3: weight of the lattice loss that penalises a periodic grid "
+                                              "in the output (0 = off)")
     epochs_polish: int = option(6, help="stage 4: lattice-polish epochs (constant LR)")
     lr_polish: float = option(5e-5, help="stage 4: learning rate")
     minutes_polish: float = option(0.0, help="stage 4: if > 0, polish for this many minutes of wall-clock time "

@@ -285,12 +285,13 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     from superres.train import TrainConfig, train
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
-                      epochs_gan=1, epochs_polish=1, loss="weightfree", critic_sees="image+highpass",
-                      adversarial_weight=0.3)   # the defaults (high-pass critic, 1) train in test_distributed.py
+                      epochs_gan=1, epochs_polish=1, loss="weightfree", critic_sees="highpass",
+                      adversarial_weight=1.0, lattice_weight=0.0)   # the fastai lesson's; the defaults (the shipped
+    # recipe: image+high-pass critic, weight 0.3, lattice 0.03) train in test_distributed.py
     run = train(cfg)
     rec = json.loads((tmp_path / "x2" / "record.json").read_text())
     assert set(rec["stages"]) == {"generator", "critic", "gan", "polish"}
-    assert rec["stages"]["gan"]["weights_gen"] == [0.3, 50.0] and rec["config"]["critic_sees"] == "image+highpass"
+    assert rec["stages"]["gan"]["weights_gen"] == [1.0, 50.0] and rec["config"]["critic_sees"] == "highpass"
     assert rec["stages"]["polish"]["loss"] == "l1-to-self+0.03*lattice" and "psnr_y" in rec["stages"]["polish"]["valid"]
     assert rec["loss"] == "weightfree" and rec["degradation"]["x2"]["clean_prob"] == cfg.clean_prob
     for stage in rec["stages"].values():
