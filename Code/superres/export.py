@@ -107,7 +107,8 @@ def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict 
         "parameters": params,
         "onnx_max_abs_error_vs_torch": errors,
         **({"int8": {"method": "ONNX Runtime static quantisation (QDQ, per-channel 7-bit weights, min/max "
-                               "calibration on degraded training crops); the skip (fixed enlargement) and head convs stay float32",
+                               "calibration on degraded training crops); the skip (fixed enlargement) and head "
+                               "convs stay float32",
                      "calibration_inputs": {f"x{s}_{k}": len(v) for s, kinds in int8.items() for k, v in kinds.items()},
                      "mean_abs_error_vs_torch": int8_errors}} if int8 else {}),
         **(card or {}),

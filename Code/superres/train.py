@@ -220,7 +220,9 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
         model = load_network(cfg.init)
         if model.cfg.scale != cfg.scale:
             raise ValueError(f"--init {cfg.init} is a x{model.cfg.scale} generator, not x{cfg.scale}")
-        model.set_skip(cfg.generator.skip)   # it has no weights: the residual learns the new one (issue 9)
+        if model.cfg.skip != cfg.generator.skip:   # it has no weights: the residual learns the new one (issue 9)
+            print(f"[superres] --init {cfg.init}: its {model.cfg.skip} skip becomes {cfg.generator.skip} (--skip)")
+            model.set_skip(cfg.generator.skip)
     else:
         model = rank0_first(Generator, cfg.generator, pretrained=cfg.pretrained)   # one ImageNet download
     learn = run.learner(dls, model, loss_func, metrics=[psnr_y, ssim_y])
