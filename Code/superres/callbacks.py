@@ -137,16 +137,20 @@ class EMA(Callback):
     deep-copies the model, which the U-Net's weight norm does not allow.)"""
     order = 80
 
-    def __init__(self, decay: float = 0.999):
-        self.decay = decay
+    def __init__(self, decay: float = 0.999, part: str | None = None):
+        self.decay, self.part = decay, part   # part: average only this submodule (the GANModule's "generator")
+
+    def averaged(self) -> torch.nn.Module:
+        model = get_model(self.learn.model)   # (get_model: without the DDP wrapper)
+        return getattr(model, self.part) if self.part else model
 
     def before_fit(self):
-        self.ema = {k: v.detach().clone() for k, v in get_model(self.learn.model).state_dict().items()}
+        self.ema = {k: v.detach().clone() for k, v in self.averaged().state_dict().items()}
         self.floats = [k for k, v in self.ema.items() if v.is_floating_point()]
 
     @torch.no_grad()
     def after_step(self):
-        state = get_model(self.learn.model).state_dict()   # (get_model: without the DDP wrapper)
+        state = self.averaged().state_dict()
         # one fused update for all float tensors (a per-tensor loop was ~5 ms a step on a GPU)
         torch._foreach_lerp_([self.ema[k] for k in self.floats], [state[k].detach() for k in self.floats],
                              1 - self.decay)
@@ -155,7 +159,7 @@ class EMA(Callback):
                 self.ema[k].copy_(v)
 
     def after_fit(self):
-        self.learn.model.load_state_dict(self.ema)
+        self.averaged().load_state_dict(self.ema)
 
 
 class GeneratedVsReal(Callback):

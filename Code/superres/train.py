@@ -81,6 +81,9 @@ class TrainConfig:
                                                  "against 50 for the content loss (the fastai lesson: 1; the shipped "
                                                  "x4 network: 0.3, x2: 0.1)")
     gan_weights: tuple = field(init=False)     # (adversarial, content) as GANLearner takes them: __post_init__
+    gan_ema: float = option(0.0, help="stage 3: decay of an exponential moving average of the generator's weights "
+                                      "over the GAN steps, which is then what the stage saves (0 = off; "
+                                      "Real-ESRGAN: 0.999)")
     lattice_weight: float = option(0.03, help="stage 3: weight of the lattice loss that penalises a periodic grid "
                                               "in the output (0 = off)")
     epochs_polish: int = option(6, help="stage 4: lattice-polish epochs (constant LR)")
@@ -284,11 +287,12 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
         learn_gen, learn_crit, weights_gen=cfg.gan_weights, switcher=AdaptiveGANSwitcher(critic_thresh=0.65),
         opt_func=partial(Adam, mom=0.0), show_img=False, cbs=[GANDiscriminativeLR(mult_lr=5.0)],
         metrics=[psnr_y, ssim_y], path=run.path, model_dir="checkpoints")
-    times = fit_resumable(learn, "gan", cfg.epochs_gan, cfg.lr_gan, one_cycle=False, minutes=cfg.minutes_gan)
+    times = fit_resumable(learn, "gan", cfg.epochs_gan, cfg.lr_gan, one_cycle=False, minutes=cfg.minutes_gan,
+                          extra_cbs=[EMA(cfg.gan_ema, part="generator")] if cfg.gan_ema else [])
     if is_main():   # under DDP every rank has the same weights; rank 0 writes them
         save_network(gen, out)
     run.finish_stage("gan", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gan, cfg.minutes_gan),
-                     weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight)
+                     weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight, ema=cfg.gan_ema)
     return gen
 
 

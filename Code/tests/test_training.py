@@ -286,12 +286,14 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
                       epochs_gan=1, epochs_polish=1, loss="weightfree", critic_sees="highpass",
-                      adversarial_weight=1.0, lattice_weight=0.0)   # the fastai lesson's; the defaults (the shipped
-    # recipe: image+high-pass critic, weight 0.3, lattice 0.03) train in test_distributed.py
+                      adversarial_weight=1.0, lattice_weight=0.0, gan_ema=0.9)   # the fastai lesson's (and an EMA
+    # of the GAN weights); the defaults (the shipped recipe: image+high-pass critic, weight 0.3, lattice 0.03) train in
+    # test_distributed.py
     run = train(cfg)
     rec = json.loads((tmp_path / "x2" / "record.json").read_text())
     assert set(rec["stages"]) == {"generator", "critic", "gan", "polish"}
     assert rec["stages"]["gan"]["weights_gen"] == [1.0, 50.0] and rec["config"]["critic_sees"] == "highpass"
+    assert rec["stages"]["gan"]["ema"] == 0.9
     assert rec["stages"]["polish"]["loss"] == "l1-to-self+0.03*lattice" and "psnr_y" in rec["stages"]["polish"]["valid"]
     assert rec["loss"] == "weightfree" and rec["degradation"]["x2"]["clean_prob"] == cfg.clean_prob
     for stage in rec["stages"].values():
@@ -344,6 +346,24 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     assert enhancer.has_jpeg_network(4) and not enhancer.has_jpeg_network(2)
     assert enhancer.enhance(img, scale=4, strength=0, jpeg=True) != enhancer.enhance(img, scale=4, strength=0, jpeg=False)
 
+
+def test_gan_ema_averages_the_generator_only():
+    """In the GAN stage the EMA follows the GANModule's generator, step by step, and puts the average into it when
+    the fit ends; the critic keeps its own weights."""
+    from types import SimpleNamespace
+    from fastai.vision.gan import GANModule
+    from superres.callbacks import EMA
+    gan = GANModule(torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 1, 1))
+    start, critic = gan.generator.weight.detach().clone(), gan.critic.weight.detach().clone()
+    ema = EMA(0.75, part="generator")
+    ema.learn = SimpleNamespace(model=gan)
+    ema.before_fit()
+    with torch.no_grad():
+        gan.generator.weight.add_(1.0)
+        gan.critic.weight.add_(1.0)
+    ema.after_step()                 # average = 0.75 * start + 0.25 * (start + 1)
+    ema.after_fit()
+    assert torch.allclose(gan.generator.weight, start + 0.25) and torch.allclose(gan.critic.weight, critic + 1.0)
 
 @pytest.mark.slow
 def test_time_budget_ema_and_fine_tuning(tmp_path, sample_photos):
