@@ -9,6 +9,8 @@ MSELoss: pixel mean squared error, what PSNR measures; for a last, low-LR fine-t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -166,16 +168,45 @@ class WithLattice(nn.Module):
         return self.base(pred, target) + self.weight * self.lattice(pred, target)
 
 
+def phase_offsets(x, period: int, sigma: float):
+    """The locally periodic part of x with the PixelShuffle's period: for each of the period^2 sub-pixel phases,
+    its Gaussian-weighted local mean (sigma in output pixels) less the mean over the phases, put back at that
+    phase's pixels. A 4-px dot pattern along an edge is all periodic; texture and edges hardly are."""
+    n, c, h, w = x.shape
+    h, w = h // period * period, w // period * period
+    phases = x[..., :h, :w].reshape(n, c, h // period, period, w // period, period).permute(0, 1, 3, 5, 2, 4)
+    phases = phases.reshape(n, c * period * period, h // period, w // period)
+    s = sigma / period                                   # in phase-grid pixels
+    r = max(1, math.ceil(3 * s))
+    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * s * s))
+    k = (k / k.sum()).view(1, 1, 1, -1).expand(phases.shape[1], 1, 1, -1)
+    blur = F.conv2d(F.pad(phases, (r, r, 0, 0), mode="replicate"), k, groups=phases.shape[1])
+    blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="replicate"), k.transpose(-1, -2), groups=phases.shape[1])
+    local = blur.view(n, c, period * period, h // period, w // period)
+    offsets = (local - local.mean(dim=2, keepdim=True)).view(n, c, period, period, h // period, w // period)
+    out = torch.zeros_like(x)
+    out[..., :h, :w] = offsets.permute(0, 1, 4, 2, 5, 3).reshape(n, c, h, w)
+    return out
+
+
 class PolishLoss(nn.Module):
     """Stage 4, the lattice polish: L1 to the network's own output before the polish (a frozen copy) plus `weight`
     x LatticeLoss against the photo. The anchor keeps the texture the GAN stage learned, so the cheap way down the
     lattice loss is to remove the grid peaks, not to add noise (issue 9; without an anchor the lattice loss made the
-    faithful network noisier: -0.28 dB in 8 CPU-minutes). Called as loss(pred, photo, before)."""
+    faithful network noisier: -0.28 dB in 8 CPU-minutes). Called as loss(pred, photo, before).
 
-    def __init__(self, weight: float):
+    With `phase_sigma` > 0 the anchor is the frozen output with its locally periodic part (`phase_offsets`, period
+    `period`) replaced by the photo's: the GAN network's 4-px dots along dark edges, which the whole-crop lattice
+    loss does not see (issue 9)."""
+
+    def __init__(self, weight: float, phase_sigma: float = 0.0, period: int = 4):
         super().__init__()
-        self.lattice, self.weight = LatticeLoss(), weight
-        self.name = f"l1-to-self+{weight:g}*lattice"
+        self.lattice, self.weight, self.phase_sigma, self.period = LatticeLoss(), weight, phase_sigma, period
+        self.name = (f"l1-to-self+{weight:g}*lattice" if not phase_sigma else
+                     f"l1-to-self(periodic part from the photo, sigma {phase_sigma:g})+{weight:g}*lattice")
 
     def forward(self, pred, target, before):
-        return F.l1_loss(pred.float(), before.float()) + self.weight * self.lattice(pred, target)
+        pred, target, before = pred.float(), target.float(), before.float()
+        if self.phase_sigma:
+            before = before - phase_offsets(before - target, self.period, self.phase_sigma)
+        return F.l1_loss(pred, before) + self.weight * self.lattice(pred, target)

@@ -92,6 +92,9 @@ class TrainConfig:
                                              "instead of --epochs-polish")
     polish_lattice: float = option(0.03, help="stage 4: weight of the lattice loss (the anchor, L1 to the GAN "
                                               "generator's own output, has weight 1)")
+    polish_phase_sigma: float = option(0.0, help="stage 4: if > 0, the anchor's locally periodic part (period = "
+                                                 "--scale, Gaussian window of this sigma in output pixels) comes "
+                                                 "from the photo: removes dots along edges (0 = off)")
     clean_prob: float = option(0.4, help="share of inputs made by plain bicubic down-scaling (the rest are "
                                          "blurred, resized, noised, JPEG'd)")
     jpeg_prob: float = option(0.8, help="share of JPEG compression among the degraded inputs")
@@ -316,7 +319,7 @@ def polish(run: Run, dls) -> Generator:
     if not src.exists():
         raise FileNotFoundError(f"the polish stage starts from the gan stage's {src}: run --stages gan first")
     started = time.time()
-    loss_func = PolishLoss(cfg.polish_lattice)
+    loss_func = PolishLoss(cfg.polish_lattice, cfg.polish_phase_sigma, cfg.scale)
     learn = run.learner(dls, load_network(src), loss_func, metrics=[photo_only(psnr_y), photo_only(ssim_y)],
                         bf16=False)
     learn.add_cb(FrozenOutput(load_network(src)))   # for the fit and for the validation below
@@ -325,7 +328,8 @@ def polish(run: Run, dls) -> Generator:
     if is_main():
         save_network(learn.model, out)
     run.finish_stage("polish", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_polish, cfg.minutes_polish),
-                     loss=loss_func.name, lattice_weight=cfg.polish_lattice, lr=cfg.lr_polish, hr_size=cfg.hr_size,
+                     loss=loss_func.name, lattice_weight=cfg.polish_lattice, phase_sigma=cfg.polish_phase_sigma,
+                     lr=cfg.lr_polish, hr_size=cfg.hr_size,
                      bs=cfg.bs, device=cfg.device, bf16=False)   # its own settings: it may run elsewhere than 1-3
     return learn.model
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from superres.export import export_onnx
 from superres.losses import (FeatureLoss, LatticeLoss, MSELoss, PolishLoss, WeightFreeLoss, WithLattice, gram_matrix,
-                             load_vgg16_bn, make_loss)
+                             load_vgg16_bn, make_loss, phase_offsets)
 from superres.metrics import psnr_y, ssim_y
 from superres.models import (Generator, UnetConfig, UpscalePhases, blend_outputs, load_network, make_critic,
                              make_encoder, upscale)
@@ -206,6 +206,25 @@ def test_polish_loss_anchors_to_the_frozen_output_and_costs_a_grid():
     l1_of_grid = grid.abs().mean().item()
     assert loss(before + grid, photo, before).item() > l1_of_grid + loss(before, photo, before).item()
 
+
+def test_phase_polish_takes_dots_from_the_anchor_and_keeps_its_texture():
+    """phase_offsets finds a 4-px dot pattern whole and a quarter of a smoother difference (what of it lies near the
+    period's frequencies), so with phase_sigma the polish loss's anchor is the frozen output without its dots (the
+    photo's periodic part instead), and close to the frozen output elsewhere."""
+    torch.manual_seed(0)
+    photo = torch.rand(1, 3, 64, 64) * 0.1 + 0.4
+    dots = torch.zeros(1, 1, 64, 64)
+    dots[..., 0::4, 0::4], dots[..., 2::4, 2::4] = 0.1, -0.1           # mean 0, period 4
+    found = phase_offsets(dots, 4, 3.0)
+    assert found.shape == dots.shape and torch.allclose(found, dots, atol=1e-6)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 72, 72), 9, 1) * 0.3    # no period of 4 px
+    assert phase_offsets(smooth, 4, 3.0).abs().mean() < 0.3 * smooth.abs().mean()
+    dotted, textured = photo + dots, photo + smooth
+    loss = PolishLoss(0.0, phase_sigma=3.0, period=4)
+    assert loss(photo, photo, dotted).item() < 1e-6                  # the anchor is the photo again
+    assert loss(dotted, photo, dotted).item() == pytest.approx(dots.abs().mean().item(), rel=1e-3)
+    assert loss(textured, photo, textured).item() < 0.3 * loss(photo, photo, textured).item()
+    assert loss.name == "l1-to-self(periodic part from the photo, sigma 3)+0*lattice"
 
 def test_lattice_loss_costs_a_grid_only():
     """Zero for the target itself, positive for a faint 4-px grid, and it has gradients to train with."""
