@@ -217,7 +217,7 @@ def test_phase_polish_takes_dots_from_the_anchor_and_keeps_its_texture():
     dots[..., 0::4, 0::4], dots[..., 2::4, 2::4] = 0.1, -0.1           # mean 0, period 4
     found = phase_offsets(dots, 4, 3.0)
     assert found.shape == dots.shape and torch.allclose(found, dots, atol=1e-6)
-    smooth = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 72, 72), 9, 1) * 0.3    # no period of 4 px
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 72, 72), 9, 1) * 0.3    # smooth noise, no dots
     assert phase_offsets(smooth, 4, 3.0).abs().mean() < 0.3 * smooth.abs().mean()
     dotted, textured = photo + dots, photo + smooth
     loss = PolishLoss(0.0, phase_sigma=3.0, period=4)
@@ -225,6 +225,7 @@ def test_phase_polish_takes_dots_from_the_anchor_and_keeps_its_texture():
     assert loss(dotted, photo, dotted).item() == pytest.approx(dots.abs().mean().item(), rel=1e-3)
     assert loss(textured, photo, textured).item() < 0.3 * loss(photo, photo, textured).item()
     assert loss.name == "l1-to-self(periodic part from the photo, sigma 3)+0*lattice"
+
 
 def test_lattice_loss_costs_a_grid_only():
     """Zero for the target itself, positive for a faint 4-px grid, and it has gradients to train with."""
@@ -383,6 +384,7 @@ def test_gan_ema_averages_the_generator_only():
     ema.after_step()                 # average = 0.75 * start + 0.25 * (start + 1)
     ema.after_fit()
     assert torch.allclose(gan.generator.weight, start + 0.25) and torch.allclose(gan.critic.weight, critic + 1.0)
+
 
 @pytest.mark.slow
 def test_time_budget_ema_and_fine_tuning(tmp_path, sample_photos):
