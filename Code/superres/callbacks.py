@@ -176,13 +176,15 @@ class GeneratedVsReal(Callback):
 
 
 class FrozenOutput(Callback):
-    """Adds a frozen network's output to each batch's targets, yb = (photo, frozen(x)): the polish stage's anchor."""
-    def __init__(self, model):
-        self.model = model.eval().requires_grad_(False)
+    """Adds frozen networks' outputs to each batch's targets, yb = (photo, frozen(x), ...): the polish stage's
+    anchor (and, for blends, the faithful network's output)."""
+    def __init__(self, *models):
+        self.models = [m.eval().requires_grad_(False) for m in models]
 
     def before_fit(self):
-        self.model.to(self.dls.device)
+        for m in self.models:
+            m.to(self.dls.device)
 
     def before_batch(self):
         with torch.no_grad():
-            self.learn.yb = (*self.yb, self.model(self.xb[0]))
+            self.learn.yb = (*self.yb, *(m(self.xb[0]) for m in self.models))

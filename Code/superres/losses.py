@@ -198,16 +198,26 @@ class PolishLoss(nn.Module):
 
     With `phase_sigma` > 0 the anchor is the frozen output with its locally periodic part (`phase_offsets`, period
     `period`) replaced by the photo's: the GAN network's 4-px dots along dark edges, which the whole-crop lattice
-    loss does not see (issue 9)."""
+    loss does not see (issue 9).
 
-    def __init__(self, weight: float, phase_sigma: float = 0.0, period: int = 4):
+    With `strengths` other than (1,) the lattice term is the mean over those strengths s of the lattice loss of
+    (1-s) faithful + s pred, the blends the app shows (called as loss(pred, photo, before, faithful)): a
+    strength-1 network whose own grid is gone can still add to the faithful network's in a blend."""
+
+    def __init__(self, weight: float, phase_sigma: float = 0.0, period: int = 4, strengths=(1.0,)):
         super().__init__()
         self.lattice, self.weight, self.phase_sigma, self.period = LatticeLoss(), weight, phase_sigma, period
-        self.name = (f"l1-to-self+{weight:g}*lattice" if not phase_sigma else
-                     f"l1-to-self(periodic part from the photo, sigma {phase_sigma:g})+{weight:g}*lattice")
+        self.strengths = tuple(strengths)
+        if not self.strengths or not all(0 < s <= 1 for s in self.strengths):
+            raise ValueError(f"polish strengths must lie in (0, 1], got {self.strengths}")
+        anchor = "l1-to-self" if not phase_sigma else f"l1-to-self(periodic part from the photo, sigma {phase_sigma:g})"
+        blends = "" if self.strengths == (1.0,) else f" at strengths {','.join(f'{s:g}' for s in self.strengths)}"
+        self.name = f"{anchor}+{weight:g}*lattice{blends}"
 
-    def forward(self, pred, target, before):
+    def forward(self, pred, target, before, faithful=None):
         pred, target, before = pred.float(), target.float(), before.float()
         if self.phase_sigma:
             before = before - phase_offsets(before - target, self.period, self.phase_sigma)
-        return F.l1_loss(pred, before) + self.weight * self.lattice(pred, target)
+        lattice = sum(self.lattice(pred if s == 1 else (1 - s) * faithful.float() + s * pred, target)
+                      for s in self.strengths) / len(self.strengths)
+        return F.l1_loss(pred, before) + self.weight * lattice

@@ -95,6 +95,9 @@ class TrainConfig:
     polish_phase_sigma: float = option(0.0, help="stage 4: if > 0, the anchor's locally periodic part (period = "
                                                  "--scale, Gaussian window of this sigma in output pixels) comes "
                                                  "from the photo: removes dots along edges (0 = off)")
+    polish_strengths: str = option("1", help="stage 4: the strengths at which the lattice loss scores the output, "
+                                             "comma-separated; below 1 it scores the blend with the faithful "
+                                             "network's output, (1-s) faithful + s polished, as the app shows it")
     clean_prob: float = option(0.4, help="share of inputs made by plain bicubic down-scaling (the rest are "
                                          "blurred, resized, noised, JPEG'd)")
     jpeg_prob: float = option(0.8, help="share of JPEG compression among the degraded inputs")
@@ -319,17 +322,20 @@ def polish(run: Run, dls) -> Generator:
     if not src.exists():
         raise FileNotFoundError(f"the polish stage starts from the gan stage's {src}: run --stages gan first")
     started = time.time()
-    loss_func = PolishLoss(cfg.polish_lattice, cfg.polish_phase_sigma, cfg.scale)
+    strengths = tuple(float(s) for s in cfg.polish_strengths.split(","))
+    loss_func = PolishLoss(cfg.polish_lattice, cfg.polish_phase_sigma, cfg.scale, strengths)
     learn = run.learner(dls, load_network(src), loss_func, metrics=[photo_only(psnr_y), photo_only(ssim_y)],
                         bf16=False)
-    learn.add_cb(FrozenOutput(load_network(src)))   # for the fit and for the validation below
+    # yb = (photo, anchor) or, to score blends, (photo, anchor, faithful output); for the fit and the validation
+    frozen = [load_network(src)] + ([load_network(run.ckpt("generator_faithful.pt"))] if strengths != (1.0,) else [])
+    learn.add_cb(FrozenOutput(*frozen))
     times = fit_resumable(learn, "polish", cfg.epochs_polish, cfg.lr_polish, one_cycle=False,
                           minutes=cfg.minutes_polish)
     if is_main():
         save_network(learn.model, out)
     run.finish_stage("polish", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_polish, cfg.minutes_polish),
                      loss=loss_func.name, lattice_weight=cfg.polish_lattice, phase_sigma=cfg.polish_phase_sigma,
-                     lr=cfg.lr_polish, hr_size=cfg.hr_size,
+                     strengths=list(strengths), lr=cfg.lr_polish, hr_size=cfg.hr_size,
                      bs=cfg.bs, device=cfg.device, bf16=False)   # its own settings: it may run elsewhere than 1-3
     return learn.model
 

@@ -227,6 +227,26 @@ def test_phase_polish_takes_dots_from_the_anchor_and_keeps_its_texture():
     assert loss.name == "l1-to-self(periodic part from the photo, sigma 3)+0*lattice"
 
 
+def test_blend_polish_scores_the_grid_of_the_blends_the_app_shows():
+    """With strengths below 1 the polish's lattice term scores (1-s) faithful + s pred: a network whose grid
+    cancels the faithful network's in the half-way blend costs nothing there, and a clean network costs something
+    when the faithful one has a grid."""
+    torch.manual_seed(0)
+    photo = torch.rand(2, 3, 64, 64) * 0.2 + torch.linspace(0, 0.6, 64)[None, None, :, None]
+    grid = torch.zeros(1, 1, 64, 64)
+    grid[..., ::4, :] = 0.02
+    half = PolishLoss(1.0, strengths=(0.5,))
+    assert half.name == "l1-to-self+1*lattice at strengths 0.5"
+    cancels = photo - grid
+    assert half(cancels, photo, cancels, photo + grid).item() == pytest.approx(0.0, abs=1e-6)
+    assert PolishLoss(1.0)(cancels, photo, cancels).item() > 0.1             # alone it has a grid
+    assert half(photo, photo, photo, photo + grid).item() > 0.1              # clean, but the blend is not
+    with pytest.raises(ValueError, match="strengths"):
+        PolishLoss(1.0, strengths=(0, 1))                                   # the faithful network alone: no gradient
+    both = PolishLoss(1.0, strengths=(0.5, 1))
+    assert both(photo, photo, photo, photo + grid).item() == pytest.approx(half(photo, photo, photo, photo + grid).item() / 2)
+
+
 def test_lattice_loss_costs_a_grid_only():
     """Zero for the target itself, positive for a faint 4-px grid, and it has gradients to train with."""
     torch.manual_seed(0)
@@ -306,15 +326,16 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
                       epochs_gan=1, epochs_polish=1, loss="weightfree", critic_sees="highpass",
-                      adversarial_weight=1.0, lattice_weight=0.0, gan_ema=0.9)   # the fastai lesson's (and an EMA
-    # of the GAN weights); the defaults (the shipped recipe: image+high-pass critic, weight 0.3, lattice 0.03) train in
-    # test_distributed.py
+                      adversarial_weight=1.0, lattice_weight=0.0, gan_ema=0.9,   # the fastai lesson's (and an EMA
+                      polish_strengths="0.5,1")   # of the GAN weights; a polish that scores blends); the defaults
+    # (the shipped recipe: image+high-pass critic, weight 0.3, lattice 0.03) train in test_distributed.py
     run = train(cfg)
     rec = json.loads((tmp_path / "x2" / "record.json").read_text())
     assert set(rec["stages"]) == {"generator", "critic", "gan", "polish"}
     assert rec["stages"]["gan"]["weights_gen"] == [1.0, 50.0] and rec["config"]["critic_sees"] == "highpass"
     assert rec["stages"]["gan"]["ema"] == 0.9
-    assert rec["stages"]["polish"]["loss"] == "l1-to-self+0.03*lattice" and "psnr_y" in rec["stages"]["polish"]["valid"]
+    assert rec["stages"]["polish"]["loss"] == "l1-to-self+0.03*lattice at strengths 0.5,1"
+    assert rec["stages"]["polish"]["strengths"] == [0.5, 1.0] and "psnr_y" in rec["stages"]["polish"]["valid"]
     assert rec["loss"] == "weightfree" and rec["degradation"]["x2"]["clean_prob"] == cfg.clean_prob
     for stage in rec["stages"].values():
         assert stage["steps"] > 0
@@ -349,7 +370,8 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     assert jpeg_deg["clean_prob"] == 0 and jpeg_deg["jpeg_prob"] == 1 and jpeg_deg["jpeg_quality"] == [20, 60]
     assert card["jpeg_networks"]["x4"]["loss"] == "mse"
     assert card["losses"]["x2"]["generator"] == "weightfree" and card["stages"]["x2"]["gan"]["epochs"] == 1
-    assert card["losses"]["x2"]["polish"] == "l1-to-self+0.03*lattice" and "polish" not in card["losses"]["x4"]
+    assert card["losses"]["x2"]["polish"] == "l1-to-self+0.03*lattice at strengths 0.5,1"
+    assert "polish" not in card["losses"]["x4"]
     # the x2 GAN network is the polished one (marked above), not stage 3's
     x = torch.rand(1, 3, 32, 32)
     sess = ort.InferenceSession(str(tmp_path / "export" / "x2_gan.onnx"), providers=["CPUExecutionProvider"])
