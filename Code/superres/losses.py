@@ -198,7 +198,8 @@ class PolishLoss(nn.Module):
 
     With `phase_sigma` > 0 the anchor is the frozen output with its locally periodic part (`phase_offsets`, period
     `period`) replaced by the photo's: the GAN network's 4-px dots along dark edges, which the whole-crop lattice
-    loss does not see (issue 9).
+    loss does not see (issue 9). Measured: it clears the dots but raises the whole-image lattice, since the photo's
+    periodic part, learnt as a mean given the low-resolution input, repeats with the input's grid.
 
     With `strengths` other than (1,) the lattice term is the mean over those strengths s of the lattice loss of
     (1-s) faithful + s pred, the blends the app shows (called as loss(pred, photo, before, faithful)): a

@@ -94,7 +94,8 @@ class TrainConfig:
                                               "generator's own output, has weight 1)")
     polish_phase_sigma: float = option(0.0, help="stage 4: if > 0, the anchor's locally periodic part (period = "
                                                  "--scale, Gaussian window of this sigma in output pixels) comes "
-                                                 "from the photo: removes dots along edges (0 = off)")
+                                                 "from the photo: clears dots along edges but teaches the grid "
+                                                 "of the faithful network, see the report (0 = off)")
     polish_strengths: str = option("1", help="stage 4: the strengths at which the lattice loss scores the output, "
                                              "comma-separated; below 1 it scores the blend with the faithful "
                                              "network's output, (1-s) faithful + s polished, as the app shows it")
