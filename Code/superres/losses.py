@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .metrics import rgb_to_y, ssim
+from .models import blend_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -219,6 +220,6 @@ class PolishLoss(nn.Module):
         pred, target, before = pred.float(), target.float(), before.float()
         if self.phase_sigma:
             before = before - phase_offsets(before - target, self.period, self.phase_sigma)
-        lattice = sum(self.lattice(pred if s == 1 else (1 - s) * faithful.float() + s * pred, target)
+        lattice = sum(self.lattice(pred if s == 1 else blend_outputs(faithful.float(), pred, s), target)
                       for s in self.strengths) / len(self.strengths)
         return F.l1_loss(pred, before) + self.weight * lattice

@@ -327,7 +327,7 @@ def polish(run: Run, dls) -> Generator:
     loss_func = PolishLoss(cfg.polish_lattice, cfg.polish_phase_sigma, cfg.scale, strengths)
     learn = run.learner(dls, load_network(src), loss_func, metrics=[photo_only(psnr_y), photo_only(ssim_y)],
                         bf16=False)
-    # yb = (photo, anchor) or, to score blends, (photo, anchor, faithful output); for the fit and the validation
+    # yb = (photo, anchor) or, to score blends, (photo, anchor, faithful output; `train` always has stage 1's)
     frozen = [load_network(src)] + ([load_network(run.ckpt("generator_faithful.pt"))] if strengths != (1.0,) else [])
     learn.add_cb(FrozenOutput(*frozen))
     times = fit_resumable(learn, "polish", cfg.epochs_polish, cfg.lr_polish, one_cycle=False,
