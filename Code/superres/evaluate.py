@@ -132,7 +132,8 @@ def add_arguments(p):
     p.add_argument("--methods", type=_csv_list(str, METHODS), default=list(METHODS),
                    help="comma-separated: " + ",".join(METHODS))
     p.add_argument("--strengths", type=_csv_list(float), default=list(STRENGTHS),
-                   help="strengths for `ours` (default 0,0.5,1; the model's default strength is added)")
+                   help=f"strengths for `ours` (default {','.join(f'{s:g}' for s in STRENGTHS)}; "
+                        "the model's default strength is added)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
     p.add_argument("--no-speed", action="store_true", help="skip the timing")
     p.add_argument("--no-samples", action="store_true", help="write no sample crops")

@@ -242,3 +242,23 @@ def test_memory_bounded_by_tile_not_image(tmp_path):
     assert peak_mb < 2048
     # the 8000x8000 result is 192 MB as an array and 256 MB as a PIL image; the rest must be small
     assert peak_mb - before_mb < 192 + 256 + 400
+
+
+def test_a_blend_runs_its_two_networks_side_by_side_with_the_same_result(untrained_model_dir):
+    """With two or more threads a blend of a small image runs its networks at once, each on half the threads
+    (`_paired`); a larger one (over PAIR_MAX_PIXELS, or more than one tile) runs them in turn. Both give what
+    one thread gives."""
+    from superres.inference import PAIR_MAX_PIXELS
+    side_by_side, in_turn = Enhancer(untrained_model_dir, threads=2), Enhancer(untrained_model_dir, threads=1)
+    assert len(side_by_side._paired) == sum(map(len, side_by_side._nets.values())) > 0
+    assert not in_turn._paired and in_turn._pool is None
+    submitted = []
+    submit = side_by_side._pool.submit
+    side_by_side._pool.submit = lambda *a, **k: submitted.append(a) or submit(*a, **k)
+    small, large = (np.asarray(astronaut().resize(size)) for size in ((96, 80), (288, 288)))
+    assert 96 * 80 <= PAIR_MAX_PIXELS < 288 * 288
+    for rgb, s, tile, runs in ((small, 0.0, 0, 0), (small, 0.4, 0, 1), (small, 1.0, 0, 0), (large, 0.6, 0, 0),
+                               (small, 0.6, 32, 0)):
+        a, b = (e.enhance_array(rgb, 2, strength=s, tile=tile).astype(int) for e in (side_by_side, in_turn))
+        assert np.abs(a - b).max() <= 1 and len(submitted) == runs, (rgb.shape, s)
+        submitted.clear()
