@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -100,11 +101,14 @@ class Enhancer:
         entries = {s: self.card["networks"][str(s)] for s in self.scales}
         self._nets = {scale: {kind: self._session(self.model_dir / entry[kind], self.threads)
                               for kind in KINDS if kind in entry} for scale, entry in entries.items()}
-        # the same networks on half the threads each, for blends (run side by side); none on a single core
-        half = (self.threads or available_cores()) // 2
-        self._paired = {self._nets[scale][kind]: self._session(self.model_dir / entry[kind], half)
-                        for scale, entry in entries.items() for kind in KINDS if kind in entry} if half else {}
-        self._pool = ThreadPoolExecutor(thread_name_prefix="superres-blend") if half else None
+        # the same networks on half the threads each, for blends run side by side (none on a single core); each
+        # is opened at its first such blend, so that a run that never pairs does not pay their loading
+        self._half = (self.threads or available_cores()) // 2
+        self._files = {self._nets[scale][kind]: self.model_dir / entry[kind]
+                       for scale, entry in entries.items() for kind in KINDS if kind in entry}
+        self._paired: dict[ort.InferenceSession, ort.InferenceSession] = {}
+        self._paired_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(thread_name_prefix="superres-blend") if self._half else None
         for scale, nets in self._nets.items():
             x = np.zeros((1, 3, self.multiple, self.multiple), np.float32)
             shapes = {kind: net.run(None, {"input": x})[0].shape for kind, net in nets.items()}
@@ -130,6 +134,13 @@ class Enhancer:
             return ort.InferenceSession(str(path), self._options(threads), providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelError(f"ONNX Runtime could not load {path} ({e}).") from e
+
+    def _paired_session(self, net: ort.InferenceSession) -> ort.InferenceSession:
+        """`net`'s file on half the threads (see `_blend`), opened on first use."""
+        with self._paired_lock:
+            if net not in self._paired:
+                self._paired[net] = self._session(self._files[net], self._half)
+            return self._paired[net]
 
     @staticmethod
     def round_strength(strength: float) -> float:
@@ -165,8 +176,8 @@ class Enhancer:
             return net0.run(None, {"input": x})[0]
         (w1, net1), = rest
         if side_by_side and self._pool:
-            second = self._pool.submit(self._paired[net1].run, None, {"input": x})
-            y = self._paired[net0].run(None, {"input": x})[0]
+            second = self._pool.submit(self._paired_session(net1).run, None, {"input": x})
+            y = self._paired_session(net0).run(None, {"input": x})[0]
             z = second.result()[0]
         else:
             y = net0.run(None, {"input": x})[0]
