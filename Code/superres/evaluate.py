@@ -77,11 +77,8 @@ def machine_info() -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:
             pass
-    try:
-        threads = len(os.sched_getaffinity(0))
-    except AttributeError:
-        threads = os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+    from .inference import available_cores
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": available_cores(), "platform": platform.platform(),
             "python": platform.python_version(), "loadavg_start": round(os.getloadavg()[0], 2),
             "versions": versions}
 
