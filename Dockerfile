@@ -11,11 +11,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# The package (with the shipped models in superres/default_model), installed with its serving dependencies
-# from pyproject.toml (no extras: no torch, no fastai), and the web app beside it.
+# The serving dependencies at the exact versions of requirements-serve.lock (pyproject.toml's base set, no extras:
+# no torch, no fastai; regenerate command at its top), first, so this layer is rebuilt only when the lock changes.
+# --no-deps: the lock is complete, nothing newer from the registry gets in.
+COPY requirements-serve.lock ./
+RUN python -m pip install --no-cache-dir --no-deps -r requirements-serve.lock
+# The package (with the shipped models in superres/default_model), its dependencies already there, and the web app.
 COPY pyproject.toml README.md ./
 COPY Code/superres Code/superres
-RUN python -m pip install --no-cache-dir -e .
+RUN python -m pip install --no-cache-dir --no-deps -e .
 COPY Code/Web_App Code/Web_App
 RUN useradd --create-home --uid 10001 app
 USER app

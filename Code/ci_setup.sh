@@ -1,8 +1,9 @@
 #!/bin/sh
 # Machine preparation for the browser, Docker and document tests (run as root by Code/test.sh before pytest).
 #
-# Idempotent: installs Chromium, a Docker engine, debootstrap and LaTeX (texlive + latexmk) from Debian's
-# archive, starts dockerd if it is not running, and builds a local stand-in for `python:3.11-slim` (Docker Hub
+# Idempotent: installs Chromium, a Docker engine, debootstrap, LaTeX (texlive + latexmk), redis-server (the
+# shared job queue tests) and Mesa's CPU Vulkan driver + LLVM's OpenMP runtime (the Real-ESRGAN ncnn peer) from
+# Debian's archive, starts dockerd if it is not running, and builds a local stand-in for `python:3.11-slim` (Docker Hub
 # is not reachable here) unless that image exists already. Whatever cannot be set up is reported in one line;
 # under CI=true that is a failure (exit 1), elsewhere the tests that need it skip with the reason.
 #
@@ -17,7 +18,7 @@ fail() {
 }
 
 if [ "$(id -u)" != "0" ]; then
-  fail "not root: cannot install Chromium, Docker and LaTeX (browser, Docker and document tests skip)"
+  fail "not root: cannot install Chromium, Docker, LaTeX, redis-server and Vulkan (the tests that need them skip)"
   exit 0
 fi
 
@@ -27,6 +28,10 @@ command -v chromium >/dev/null 2>&1 || need="$need chromium chromium-driver"
 command -v dockerd >/dev/null 2>&1 || need="$need docker.io"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v latexmk >/dev/null 2>&1 || need="$need texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended latexmk"
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+has_pkg mesa-vulkan-drivers || need="$need mesa-vulkan-drivers"
+has_pkg libomp5 || need="$need libomp5"
 if [ -n "$need" ]; then
   say "installing$need (apt-get, output in $LOG)"
   if ! (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need) >>"$LOG" 2>&1; then
@@ -35,6 +40,9 @@ if [ -n "$need" ]; then
 fi
 command -v chromium >/dev/null 2>&1 && say "chromium: $(command -v chromium)" || fail "chromium: not available"
 command -v latexmk >/dev/null 2>&1 && say "latexmk: $(command -v latexmk)" || fail "latexmk: not available"
+command -v redis-server >/dev/null 2>&1 && say "redis-server: $(command -v redis-server)" || fail "redis-server: not available"
+has_pkg mesa-vulkan-drivers && has_pkg libomp5 && say "vulkan (Mesa llvmpipe) + libomp5: installed" \
+  || fail "mesa-vulkan-drivers / libomp5: not available (the Real-ESRGAN peer cannot run)"
 
 # --- docker engine ------------------------------------------------------------------------------------------
 if ! command -v dockerd >/dev/null 2>&1; then

@@ -11,7 +11,15 @@ if [ "$(id -u)" = 0 ] || [ "${CI:-}" = "true" ]; then
   bash Code/ci_setup.sh || { echo "test.sh: machine setup failed (CI=true)"; exit 1; }
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# (grep drops this machine's harmless pip index warnings; a failed install still stops the run)
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "test.sh: pip install failed"; exit 1; }
+# Exact versions from requirements.lock (see the README, "Upgrading dependencies"); --no-deps because the lock is
+# complete: nothing a registry published since it was written gets in. Then the project itself, editable, built
+# with the lock's setuptools. (grep drops this machine's harmless pip index warnings; a failed install still stops
+# the run.)
+pipq() {
+  if ! .venv/bin/pip install -q --disable-pip-version-check --no-deps "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; then
+    echo "test.sh: pip install $* failed"; exit 1
+  fi
+}
+pipq -r requirements.lock
+pipq --no-build-isolation -e .
 exec .venv/bin/python -m pytest "$@"
