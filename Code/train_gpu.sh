@@ -14,6 +14,10 @@
 #                         the critic then saw the image and its high-pass and the lattice weight was 0.03, now the
 #                         defaults)
 #
+# Environment: HR4/BS4 and HR2/BS2 (crop side and batch per scale; 256/48 and 128/64), REPEATS (16), WORKERS,
+# DEVICE (cuda), PYTHON, RUNS. A CPU rehearsal with tiny settings:
+#   DEVICE=cpu HR4=64 BS4=4 HR2=32 BS2=4 REPEATS=1 bash Code/train_gpu.sh tinydata /tmp/out 0.1 0.1 'x4:4:--degradation real'
+#
 # DATA holds portraits/train, portraits/valid (validation only) and general/train. The run folders go to
 # $RUNS (default: a new temporary folder); OUT receives only what `python -m superres export` needs, one
 # file per checkpoint (NAME_faithful.pt, NAME_gan.pt = the polished GAN generator, each copied as soon as its
@@ -38,7 +42,7 @@ mkdir -p "$OUT" "$RUNS"
 
 train_job() {   # NAME SCALE [flags]
   local name=$1 s=$2 run=$RUNS/$1
-  local hr bs; if [ "$s" = 4 ]; then hr=256; bs=48; else hr=128; bs=64; fi
+  local hr bs; if [ "$s" = 4 ]; then hr=${HR4:-256}; bs=${BS4:-48}; else hr=${HR2:-128}; bs=${BS2:-64}; fi
   # shellcheck disable=SC2206
   local args=(--data "$DATA/portraits/train,$DATA/general/train" --valid "$DATA/portraits/valid" --run "$run"
               --scale "$s" --hr-size "$hr" --bs "$bs" --repeats "${REPEATS:-16}" --workers "$WORKERS" --loss weightfree

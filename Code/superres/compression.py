@@ -14,6 +14,14 @@ under ~50 px a side (too few coefficients); those get the general network, which
 What it must not flag: smooth gradients and flat synthetic images, whose blocks all have the same coefficients
 (they sit on "multiples" of many steps): a step counts only if the coefficients fill several of its multiples.
 
+`input_kind` then tells two kinds of compressed input apart by their `sharpness` (mean |Laplacian| over mean
+|gradient| of the luma, which blur lowers): a sharp photo that was only JPEG-compressed ("jpeg"; the JPEG-trained
+faithful network restores it best), and a photo that was also blurred, resized and noised before it was sent on
+as a JPEG ("real", the usual case; the general faithful network does better there, by 0.3-0.4 dB). Calibration
+(`~/superres-runs/v4gpu/calib.py`, 154 training portraits at 512 px): of the compressed inputs, sharpness >= 1.7
+holds 97 % (x4) / 94 % (x2) of bicubic + JPEG q20-75 and 33 % / 37 % of the real-world chain
+(superres.degradations).
+
 Calibration (`~/superres-runs/v6/dctq_check.py`, 120 training photos, x4-downscaled, JPEG at each quality):
 never compressed and qualities 85-95: none flagged; quality 75: 105/120; quality 40: 117/120 (the others too
 small: T91's photos give inputs of 30-60 px). On the evaluation sets: portraits512, Set5, Set14 and BSD100
@@ -32,14 +40,19 @@ MIN_VALUES = 50                 # nonzero coefficients needed before a step is b
 MIN_MULTIPLES = 3               # ... spread over at least this many multiples of it, each with 5 or more
 PERIODICITY = 0.5               # mean of cos(2 pi c / step): ~0.9 on a JPEG's step, ~0 at random
 MAX_SIDE = 1024                 # a centred crop this large (aligned to the 8-px grid) is plenty of blocks
-STEP_FOR_JPEG_NETWORK = 6       # step 6 = IJG quality 75: from here down, the JPEG-trained network is used
+STEP_FOR_JPEG_NETWORK = 6       # step 6 = IJG quality 75: from here down, the input counts as compressed
+SHARP_JPEG = 1.7                # sharpness from which a compressed input counts as only JPEG-compressed
+
+
+def _centre(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    y0, x0 = max(0, (h - MAX_SIDE) // 16 * 8), max(0, (w - MAX_SIDE) // 16 * 8)   # stays on the block grid
+    return rgb[y0:y0 + min(h, MAX_SIDE), x0:x0 + min(w, MAX_SIDE)]
 
 
 def _step_on_grid(rgb: np.ndarray) -> int:
     """`jpeg_step` for the block grid that starts at the top-left corner of `rgb`."""
-    h, w = rgb.shape[0] // 8 * 8, rgb.shape[1] // 8 * 8
-    y0, x0 = max(0, (h - MAX_SIDE) // 16 * 8), max(0, (w - MAX_SIDE) // 16 * 8)   # stays on the block grid
-    crop = rgb[y0:y0 + min(h, MAX_SIDE), x0:x0 + min(w, MAX_SIDE)]
+    crop = _centre(rgb[:rgb.shape[0] // 8 * 8, :rgb.shape[1] // 8 * 8])
     luma = crop.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) - 128   # JPEG's Y, centred
     blocks = luma.reshape(luma.shape[0] // 8, 8, luma.shape[1] // 8, 8).transpose(0, 2, 1, 3)
     coefs = np.concatenate([np.einsum("x,abxy,y->ab", _DCT[u], blocks, _DCT[v]).ravel() for u, v in _POSITIONS])
@@ -66,3 +79,22 @@ def jpeg_step(rgb: np.ndarray) -> int:
 def looks_jpeg_compressed(rgb: np.ndarray) -> bool:
     """True when the image shows JPEG quantisation of IJG quality ~75 or lower (step >= 6)."""
     return jpeg_step(rgb) >= STEP_FOR_JPEG_NETWORK
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """Mean |4-neighbour Laplacian| over mean |first difference| of the luma of an (H, W, 3) uint8 image (its
+    centred crop of at most MAX_SIDE): about 2 for a sharp photo, lower the more it was blurred."""
+    y = _centre(rgb).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if min(y.shape) < 3:
+        return 0.0
+    grad = (np.abs(np.diff(y, axis=1)).mean() + np.abs(np.diff(y, axis=0)).mean()) / 2
+    lap = np.abs(4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]).mean()
+    return float(lap / grad) if grad > 0 else 0.0
+
+
+def input_kind(rgb: np.ndarray) -> str:
+    """"clean" (no JPEG quantisation of quality ~75 or lower), "jpeg" (compressed, otherwise sharp) or "real"
+    (compressed and soft: blurred, resized or denoised before it was compressed)."""
+    if not looks_jpeg_compressed(rgb):
+        return "clean"
+    return "jpeg" if sharpness(rgb) >= SHARP_JPEG else "real"

@@ -1,7 +1,9 @@
 """Training data: (low-quality input, clean target) pairs made on the fly from any folder of photos.
 
-`Degradation` is the "crappify" step: blur -> downscale with a random kernel -> noise -> JPEG, roughly
-Real-ESRGAN's first-order degradation (fastai's lesson used JPEG quality 10-70 only).
+Two "crappify" steps: `Degradation` (first order, on PIL images in the loading workers: blur -> downscale with a
+random kernel -> noise -> JPEG; fastai's lesson used JPEG quality 10-70 only) and the real-world second-order chain
+of superres.degradations, which runs on whole batches on the training device (`DegradeBatch`): the workers then
+only crop, and the batch arrives as (photo, photo) until the transform turns the inputs into degraded ones.
 `sr_dataloaders` wraps it in fastai `DataLoaders`. We use fastai's mid-level `TfmdLists` rather than a
 `DataBlock` because input and target must come from the *same* random crop: one `Transform` makes both.
 Validation pairs are seeded by their index, so they are identical every epoch.
@@ -19,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.data.core import TfmdLists, Transform
+from fastai.data.transforms import ItemTransform
 from PIL import Image, ImageFilter
 
+from .degradations import RealWorld
 from .imaging import image_files
 
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}
@@ -106,11 +110,13 @@ class ToUnitFloat(Transform):
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
-def make_pair(path, hr_size: int, degradation: Degradation, rng: random.Random, max_side: int = 768):
+def make_pair(path, hr_size: int, degradation: Degradation | RealWorld, rng: random.Random, max_side: int = 768):
     """One (lr, hr) pair of PIL images from a photo."""
     if min(load_photo(str(path), max_side).size) < hr_size:
         raise ValueError(f"{path} is smaller than the crop size {hr_size}")
     hr = random_crop(load_photo(str(path), max_side), hr_size, rng)
+    if isinstance(degradation, RealWorld):
+        return degradation.degrade_image(hr, rng.getrandbits(63)), hr
     return degradation(hr, rng), hr
 
 
@@ -123,16 +129,35 @@ class PairItem:
 
 class MakePair(Transform):
     """PairItem -> (lr, hr) uint8 tensors; `ToUnitFloat` makes them floats in [0,1] per batch, on the device.
-    (Not a tuple item: fastai would map the transform over a tuple.)"""
+    (Not a tuple item: fastai would map the transform over a tuple.)
+    With the real-world chain, a training item is (hr, hr) and `DegradeBatch` makes the input per batch; a
+    validation item (seeded) is degraded here, one image at a time, by the same chain with its seed."""
 
-    def __init__(self, hr_size: int, degradation: Degradation, max_side: int = 768):
+    def __init__(self, hr_size: int, degradation: Degradation | RealWorld, max_side: int = 768):
         super().__init__()
         self.hr_size, self.degradation, self.max_side = hr_size, degradation, max_side
 
     def encodes(self, item):
         rng = random.Random(item.seed) if item.seed is not None else random
+        if isinstance(self.degradation, RealWorld) and item.seed is None:
+            hr = to_uint8_tensor(random_crop(load_photo(str(item.path), self.max_side), self.hr_size, rng))
+            return hr, hr
         lr, hr = make_pair(item.path, self.hr_size, self.degradation, rng, self.max_side)
         return to_uint8_tensor(lr), to_uint8_tensor(hr)
+
+
+class DegradeBatch(ItemTransform):
+    """Training batches only (`split_idx = 0`): the inputs, still the photos, become their real-world
+    degradations, on the batch's device (after `ToUnitFloat`). An ItemTransform: it gets the (x, y) tuple whole."""
+    order, split_idx = 1, 0
+
+    def __init__(self, chain: RealWorld):
+        super().__init__()
+        self.chain = chain
+
+    def encodes(self, b):
+        x, *rest = b
+        return (self.chain.degrade(x), *rest)
 
 
 def image_files_in(folders) -> list[Path]:
@@ -155,7 +180,8 @@ def big_enough(files, hr_size: int, max_side: int) -> list[Path]:
 
 
 def sr_dataloaders(train_folder, valid_folder=None, scale: int = 2, hr_size: int = 128, bs: int = 16,
-                   repeats: int = 4, valid_pct: float = 0.1, valid_crops: int = 2, degradation: Degradation | None = None,
+                   repeats: int = 4, valid_pct: float = 0.1, valid_crops: int = 2,
+                   degradation: Degradation | RealWorld | None = None,
                    max_side: int = 768, seed: int = 42, num_workers: int = 0, device=None):
     """fastai DataLoaders of (lr, hr) float tensors in [0,1]; lr is hr_size/scale square.
 
@@ -189,7 +215,8 @@ def sr_dataloaders(train_folder, valid_folder=None, scale: int = 2, hr_size: int
 
     tls = TfmdLists(items, [MakePair(hr_size, degradation, max_side)], splits=splits)
     device = torch.device(device or "cpu")
-    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=num_workers, after_batch=[ToUnitFloat()],
+    after = [ToUnitFloat()] + ([DegradeBatch(degradation)] if isinstance(degradation, RealWorld) else [])
+    dls = tls.dataloaders(bs=bs, shuffle=True, drop_last=True, num_workers=num_workers, after_batch=after,
                           device=device, pin_memory=device.type == "cuda")
     dls.n_inp = 1
     return dls

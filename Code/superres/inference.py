@@ -14,9 +14,12 @@ Real-ESRGAN's `RealESRGANer`:
   half the threads (`_paired`): ONNX Runtime's convolutions gain only 1.6x from a second core, so two one-thread
   runs at once beat two two-thread runs in turn (x4 256->1024 at the default strength, 2 cores: 0.38 s instead
   of 0.46 s in `evaluate`). Larger images run them in turn, so their peak memory stays that of one tile run;
-* a scale may also have a faithful network trained on JPEG-compressed inputs (`xS_faithful_jpeg`): when the
-  input shows JPEG quantisation (`superres.compression`, read from the pixels of the image, up to a centred
-  1024 px crop, before tiling), it stands in for the faithful network; `jpeg=True/False` overrides the detection;
+* the input's kind is read from its pixels before tiling (`superres.compression.input_kind`, up to a centred
+  1024 px crop): "clean", "jpeg" (JPEG-compressed, otherwise sharp) or "real" (compressed and soft: blurred,
+  resized, noised first). A scale may have two more networks for them: `xS_faithful_jpeg` (trained on JPEG inputs)
+  stands in for the faithful network on "jpeg" inputs, `xS_gan_real` (trained on the real-world chain,
+  `superres.degradations`) for the GAN one on "jpeg" and "real" inputs; `jpeg=True/False` overrides the
+  detection ("jpeg" / "clean");
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
   to the output (crop, no blending), so there are no seams and memory depends on the tile size, not on
@@ -38,7 +41,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from . import DEFAULT_MODEL_DIR
-from .compression import looks_jpeg_compressed
+from .compression import input_kind
 # the model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too
 from .model_folder import KINDS, ModelError, read_card, verify_model_dir
 
@@ -149,24 +152,31 @@ class Enhancer:
     def has_jpeg_network(self, scale: int) -> bool:
         return "faithful_jpeg" in self._nets.get(int(scale), {})
 
-    def networks(self, scale: int, strength: float, jpeg: bool = False) -> list[tuple[float, ort.InferenceSession]]:
+    def networks(self, scale: int, strength: float, kind: str = "clean") -> list[tuple[float, ort.InferenceSession]]:
         """What the x`scale` output at `strength` (rounded to 0.05) is blended from: (weight, network) pairs,
-        one network at 0 or 1, both in between. jpeg: the input is JPEG-compressed, so the faithful side is the
-        JPEG-trained network where the scale has one."""
+        one network at 0 or 1, both in between, for an input of `kind` ("clean", "jpeg" or "real"; see
+        `input_kind`): the JPEG-trained faithful network for "jpeg", the real-world GAN for "jpeg" and "real",
+        where the scale has them."""
+        if kind not in ("clean", "jpeg", "real"):
+            raise ValueError(f"kind must be clean, jpeg or real, got {kind!r}")
         s, nets = self.round_strength(strength), self._nets[int(scale)]
-        faithful = nets["faithful_jpeg"] if jpeg and "faithful_jpeg" in nets else nets["faithful"]
+        faithful = nets.get("faithful_jpeg", nets["faithful"]) if kind == "jpeg" else nets["faithful"]
+        gan = nets.get("gan_real", nets["gan"]) if kind != "clean" else nets["gan"]
         if s == 0.0:
             return [(1.0, faithful)]
         if s == 1.0:
-            return [(1.0, nets["gan"])]
-        return [(1.0 - s, faithful), (s, nets["gan"])]
+            return [(1.0, gan)]
+        return [(1.0 - s, faithful), (s, gan)]
 
-    def uses_jpeg_network(self, rgb: np.ndarray, scale: int, jpeg: bool | None = None) -> bool:
-        """Whether this (H, W, 3) uint8 input goes through the scale's JPEG-trained network: `jpeg` if given,
-        else whether it looks JPEG-compressed (only asked where the scale has such a network)."""
-        if not self.has_jpeg_network(scale):
-            return False
-        return looks_jpeg_compressed(rgb) if jpeg is None else bool(jpeg)
+    def input_kind(self, rgb: np.ndarray, scale: int, jpeg: bool | None = None) -> str:
+        """The kind of this (H, W, 3) uint8 input for the x`scale` networks: "jpeg" / "clean" if `jpeg` is True /
+        False, else read from its pixels (`superres.compression.input_kind`; only where the scale has a network
+        for compressed inputs: otherwise "clean")."""
+        if jpeg is not None:
+            return "jpeg" if jpeg else "clean"
+        if not {"faithful_jpeg", "gan_real"} & set(self._nets[int(scale)]):
+            return "clean"
+        return input_kind(rgb)
 
     def _blend(self, nets, x: np.ndarray, side_by_side: bool = False) -> np.ndarray:
         """The weighted sum of the networks' outputs for one input (float32, as the networks compute); with
@@ -236,8 +246,8 @@ class Enhancer:
 
         tile: side of the tile centres in input pixels (None: automatic, bounded memory; 0: whole image).
         tile_pad: context added on each side of a tile, in input pixels.
-        jpeg: use the scale's JPEG-trained faithful network (True), not (False), or if the input looks
-        JPEG-compressed (None).
+        jpeg: treat the input as JPEG-compressed and sharp (True: the scale's JPEG-trained faithful network and its
+        real-world GAN), as clean (False), or read its kind from its pixels (None; see `input_kind`).
         progress(done, total) is called before the first tile and after each one; it may raise (the web app
         raises `Cancelled`) to stop the work at the next tile."""
         strength = self._check(scale, strength)
@@ -249,8 +259,7 @@ class Enhancer:
         total = len(ys) * len(xs)
         if progress:
             progress(0, total)
-        use_jpeg = self.round_strength(strength) < 1 and self.uses_jpeg_network(rgb, scale, jpeg)   # 1: GAN only
-        nets = self.networks(scale, strength, use_jpeg)
+        nets = self.networks(scale, strength, self.input_kind(rgb, scale, jpeg))
         ph, pw = -h % m, -w % m
         if ph or pw:   # the same padding as superres.models.pad_to_multiple
             mode = "reflect" if (ph < h and pw < w) else "edge"

@@ -7,7 +7,9 @@ A model folder holds, for each scale S it supports (4 and 2):
     xS_gan.onnx        GAN weights (strength 1); "input" -> "output" x S like the faithful one, whose output
                        it is blended with for a strength between 0 and 1
     xS_faithful_jpeg.onnx  (optional) a faithful network trained on JPEG-compressed inputs only; it stands in
-                       for xS_faithful when the input shows JPEG quantisation (`superres.compression`)
+                       for xS_faithful when the input is JPEG-compressed but sharp (`superres.compression.input_kind`)
+    xS_gan_real.onnx   (optional) a GAN network trained on the real-world chain (superres.degradations); it
+                       stands in for xS_gan when the input is JPEG-compressed ("jpeg" or "real")
     model_card.json    what they are, how they were trained, how well they do, their sha256
 """
 from __future__ import annotations
@@ -34,12 +36,14 @@ class ModelError(RuntimeError):
     """The model folder is missing, incomplete or does not match its card; `str(e)` says what to do."""
 
 
-KINDS = ("faithful", "gan", "faithful_jpeg")   # the networks a scale may have; the last one is optional
+KINDS = ("faithful", "gan", "faithful_jpeg", "gan_real")   # the networks a scale may have; the last two are optional
 
 
-def network_files(scale: int, jpeg: bool = False) -> dict:
-    """The card's `networks` entry for one scale: its faithful and GAN ONNX files (and the JPEG faithful one)."""
-    return {kind: f"x{scale}_{kind}.onnx" for kind in KINDS if jpeg or kind != "faithful_jpeg"}
+def network_files(scale: int, jpeg: bool = False, real: bool = False) -> dict:
+    """The card's `networks` entry for one scale: its faithful and GAN ONNX files (and the JPEG faithful one, and
+    the real-world GAN one)."""
+    optional = {"faithful_jpeg": jpeg, "gan_real": real}
+    return {kind: f"x{scale}_{kind}.onnx" for kind in KINDS if optional.get(kind, True)}
 
 
 def model_files(card: dict) -> list[str]:

@@ -40,6 +40,7 @@ from torch import nn
 from .callbacks import (EMA, CPUSpeedup, CudaSpeedup, EpochCheckpoint, FrozenOutput, GeneratedVsReal,
                         ResumableCSVLogger, StepTimer, TimeBudget)
 from .data import Degradation, sr_dataloaders
+from .degradations import RealWorld
 from .distributed import ddp, init_distributed, is_main
 from .losses import PolishLoss, WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
@@ -99,6 +100,11 @@ class TrainConfig:
     polish_strengths: str = option("1", help="stage 4: the strengths at which the lattice loss scores the output, "
                                              "comma-separated; below 1 it scores the blend with the faithful "
                                              "network's output, (1-s) faithful + s polished, as the app shows it")
+    degradation: str = option("first-order", choices=["first-order", "real"],
+                              help="how inputs are made: first-order (blur, resize, noise, JPEG once, on PIL images in "
+                                   "the loading workers; the options below) or real (the real-world second-order chain "
+                                   "of superres.degradations, on whole batches on the training device; of the options "
+                                   "below only --clean-prob applies)")
     clean_prob: float = option(0.4, help="share of inputs made by plain bicubic down-scaling (the rest are "
                                          "blurred, resized, noised, JPEG'd)")
     jpeg_prob: float = option(0.8, help="share of JPEG compression among the degraded inputs")
@@ -195,9 +201,11 @@ class Run:
 
 
 # ---- the stages -------------------------------------------------------------------------------------
-def degradation(cfg: TrainConfig) -> Degradation:
+def degradation(cfg: TrainConfig) -> Degradation | RealWorld:
     """The degradations a run trains on (blur sigma is in high-resolution pixels, so x4 gets twice x2's).
     Plain bicubic inputs (`clean_prob`) are the benchmark convention and what a resized clean photo is."""
+    if cfg.degradation == "real":
+        return RealWorld(scale=cfg.scale, clean_prob=cfg.clean_prob)
     blur = {2: (0.2, 1.5), 4: (0.4, 3.0)}[cfg.scale]
     try:
         low, high = (int(q) for q in cfg.jpeg_quality.split(","))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageFilter
 
 from superres.inference import Enhancer, ModelError, read_card
 
@@ -137,27 +137,42 @@ def test_strength_blends_the_two_outputs(enhancer):
     assert enhancer.networks(4, 0.5) != enhancer.networks(2, 0.5)
 
 
-def test_jpeg_network_stands_in_for_the_faithful_one_on_jpeg_inputs(tmp_path):
+def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
+    """clean -> faithful + gan; JPEG-compressed and sharp -> faithful_jpeg + gan_real; compressed and soft (blurred
+    first) -> faithful + gan_real; `jpeg=` overrides the reading."""
     import io
+    from superres.compression import input_kind
     from superres.export import export_untrained
-    export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,))
+    export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,), real_scales=(2,))
     enhancer = Enhancer(tmp_path, threads=2)
-    assert enhancer.card["networks"]["2"]["faithful_jpeg"] == "x2_faithful_jpeg.onnx" and enhancer.has_jpeg_network(2)
+    nets = enhancer.card["networks"]["2"]
+    assert nets["faithful_jpeg"] == "x2_faithful_jpeg.onnx" and nets["gan_real"] == "x2_gan_real.onnx"
     clean = astronaut().resize((128, 128), Image.LANCZOS)
-    buf = io.BytesIO()
-    clean.save(buf, "JPEG", quality=40)
-    compressed = np.asarray(Image.open(buf).convert("RGB"))
-    assert enhancer.uses_jpeg_network(compressed, 2) and not enhancer.uses_jpeg_network(np.asarray(clean), 2)
-    assert not enhancer.uses_jpeg_network(compressed, 2, jpeg=False) and enhancer.uses_jpeg_network(np.asarray(clean), 2, jpeg=True)
-    faithful, gan = (net for _, net in enhancer.networks(2, 0.5))
-    (_, jpeg_net), _ = enhancer.networks(2, 0.5, jpeg=True)
-    assert jpeg_net not in (faithful, gan) and enhancer.networks(2, 1.0, jpeg=True) == [(1.0, gan)]
+
+    def jpeg(img, q=40):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=q)
+        return np.asarray(Image.open(buf).convert("RGB"))
+    compressed = jpeg(clean)
+    soft = jpeg(clean.filter(ImageFilter.GaussianBlur(1.5)))
+    assert [input_kind(a) for a in (np.asarray(clean), compressed, soft)] == ["clean", "jpeg", "real"]
+    assert enhancer.input_kind(compressed, 2) == "jpeg" and enhancer.input_kind(soft, 2) == "real"
+    assert enhancer.input_kind(compressed, 2, jpeg=False) == "clean" and enhancer.input_kind(soft, 2, jpeg=True) == "jpeg"
+    (_, faithful), (_, gan) = enhancer.networks(2, 0.5)
+    (_, jpeg_net), (_, real_gan) = enhancer.networks(2, 0.5, "jpeg")
+    assert len({faithful, gan, jpeg_net, real_gan}) == 4
+    assert enhancer.networks(2, 0.5, "real") == [(0.5, faithful), (0.5, real_gan)]
+    assert enhancer.networks(2, 1.0, "real") == enhancer.networks(2, 1.0, "jpeg") == [(1.0, real_gan)]
+    with pytest.raises(ValueError, match="kind"):
+        enhancer.networks(2, 0.5, "blurry")
     out = {j: enhancer.enhance_array(compressed, 2, strength=0.25, jpeg=j) for j in (None, True, False)}
     assert np.array_equal(out[None], out[True]) and not np.array_equal(out[True], out[False])   # detected
     clean_out = {j: enhancer.enhance_array(np.asarray(clean), 2, strength=0, jpeg=j) for j in (None, False)}
     assert np.array_equal(clean_out[None], clean_out[False])
-    # strength 1 is the GAN alone, JPEG or not
-    assert np.array_equal(*(enhancer.enhance_array(compressed, 2, strength=1, jpeg=j) for j in (True, False)))
+    # a folder without the optional networks treats every input as clean
+    export_untrained(tmp_path / "plain", scales=(2,))
+    plain = Enhancer(tmp_path / "plain", threads=2)
+    assert plain.input_kind(soft, 2) == "clean" and plain.networks(2, 0.5, "real") == plain.networks(2, 0.5)
 
 
 def test_bad_arguments(enhancer):
@@ -223,7 +238,7 @@ def test_memory_bounded_by_tile_not_image(tmp_path):
     model = cheap_model_dir(tmp_path / "model")
     script = textwrap.dedent(f"""
         import numpy as np
-        from PIL import Image
+        from PIL import Image, ImageFilter
         from superres.timing import peak_rss_mb     # VmHWM: ru_maxrss would carry pytest's peak over the fork
         from superres.inference import Enhancer
         from superres.imaging import encode_png, load_image
