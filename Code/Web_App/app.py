@@ -8,15 +8,17 @@ Routes (the whole table is `ROUTES` below):
     GET    /api/jobs/{id}         {"state", "progress", "tiles_done", "tiles_total", "queue_position", "error"}
     GET    /api/jobs/{id}/result  the image (409 until the job is done)
     DELETE /api/jobs/{id}         cancel (the job stops at its next tile) or, once finished, forget it
-    GET    /healthz               JSON: status, models loaded, version, queue
+    GET    /healthz               JSON: status, models loaded, version, queue (workers, running, waiting)
     /static/..., /favicon.ico     CSS, JS, icons
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`), which loads this file by its
 path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve). Settings come from the
-environment (see `Settings`). Every image is a `Job` run by `Jobs` (superres.jobs): WORKERS threads off the
-event loop, at most QUEUE more waiting (beyond that 429, decided before the upload is read). An upload is
-checked into a job (size, pace, fields, image) by superres.upload before it waits. A job stops at its
-next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
+environment (see `Settings`). Every image is a `Job` in a job store (superres.jobs): by default `Jobs`, WORKERS
+threads off the event loop; with REDIS_URL, `RedisJobs` (superres.redis_jobs), a queue on Redis that
+`python -m superres worker` processes take jobs from, so that any web process can answer for any job (Redis
+unreachable: 503 with Retry-After). At most QUEUE jobs wait (beyond that 429, decided before the upload is
+read). An upload is checked into a job (size, pace, fields, image) by superres.upload before it waits. A job stops
+at its next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
 image costs is the network's padded, tiled input (`Enhancer.work`), not width x height, so thin strips cannot
 stall the worker. Finished jobs are kept JOB_TTL_S for their clients, their results at most MAX_RESULTS_MB
 together (the oldest go first). Bad input always gets a 4xx JSON {"error": "..."}; every response carries
@@ -46,7 +48,7 @@ from superres import DEFAULT_MODEL_DIR, __version__
 from superres import upload
 from superres.imaging import OUTPUT_FORMATS
 from superres.inference import Enhancer
-from superres.jobs import Busy, Job, Jobs
+from superres.jobs import Busy, Job, Jobs, Unavailable
 from superres.model_folder import fetch_model
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +81,8 @@ class Settings:
     keepalive_s: float = 5.0              # uvicorn's timeout_keep_alive: idle keep-alive connections close
     job_ttl_s: float = 600.0              # /api/jobs: a finished job is kept this long for its client
     max_results_mb: float = 512.0         # /api/jobs: results kept at most (the oldest are dropped first)
+    redis_url: str = ""                   # e.g. redis://redis:6379/0: jobs on Redis, run by `superres worker`s
+    worker_heartbeat_s: float = 5.0       # with REDIS_URL: a worker that stops heartbeating for 3 of these is dead
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -95,7 +99,7 @@ class Settings:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {typ.__name__}") from None
         if s.workers < 1 or s.queue < 0 or min(s.max_upload_mb, s.max_input_mp, s.max_output_mp, s.model_max_mb,
                                                s.job_timeout_s, s.upload_timeout_s, s.max_connections, s.job_ttl_s,
-                                               s.max_results_mb) <= 0:
+                                               s.max_results_mb, s.worker_heartbeat_s) <= 0:
             raise ValueError("WORKERS must be >= 1, QUEUE >= 0, and the MAX_* limits and timeouts > 0")
         return s
 
@@ -124,7 +128,7 @@ async def read_job(request: Request) -> Job:
     (4xx)."""
     st = request.app.state
     s: Settings = st.settings
-    if st.jobs.full():                                 # decided before the upload is read
+    if await st.jobs.full():                           # decided before the upload is read
         raise HTTPException(429, BUSY, {"Retry-After": "30", "Connection": "close"})
     try:
         upload.check_headers(request.headers, s)
@@ -181,18 +185,17 @@ async def index(request: Request):
 
 
 async def healthz(request: Request):
+    """Also the load balancer's check: with REDIS_URL it answers 503 while Redis is unreachable."""
     st = request.app.state
-    card, jobs = st.enhancer.card, st.jobs
+    card = st.enhancer.card
+    queue = await st.jobs.health()          # backend, workers, running, waiting, capacity
     return JSONResponse({
         "status": "ok",
         "models_loaded": True,
         "model": {"name": card.get("name"), "created": card.get("created"), "untrained": bool(card.get("untrained")),
                   "scales": st.enhancer.scales, "default_strength": st.enhancer.default_strength},
         "version": __version__,
-        "workers": jobs.workers,
-        "running": jobs.running,
-        "waiting": max(0, jobs.admitted - jobs.running),
-        "capacity": jobs.capacity,
+        **queue,
     })
 
 
@@ -203,19 +206,23 @@ async def enhance(request: Request):
     except ClientDisconnect:
         log.info("a client hung up during its upload")
         return error(400, "The upload was interrupted.")
+    jobs = request.app.state.jobs
     try:
-        future = request.app.state.jobs.submit(job)
+        await jobs.submit(job)
     except Busy:
         return error(429, BUSY, {"Retry-After": "30"})
+    ended = asyncio.ensure_future(jobs.wait(job))
     hangup = asyncio.ensure_future(_disconnected(request.receive))
     try:
-        await asyncio.wait({future, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({ended, hangup}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         hangup.cancel()
-    if not future.done():
-        job.cancel.set()
+    if not ended.done():
+        ended.cancel()
+        await jobs.cancel(job)
         log.info("the client of %s hung up; its job stops at the next tile", job.filename)
         return error(400, "The client hung up.")
+    job = ended.result()                    # raises Unavailable if Redis was lost meanwhile
     if job.state != "done":
         return error(job.status, job.error or "The job was cancelled.")
     return result_response(job)
@@ -223,49 +230,50 @@ async def enhance(request: Request):
 
 async def create_job(request: Request):
     """POST /api/jobs: queue the image, answer at once; the client polls the status and fetches the result."""
-    jobs: Jobs = request.app.state.jobs
+    jobs = request.app.state.jobs
     job = await read_job(request)
     try:
-        jobs.submit(job)
+        await jobs.submit(job, keep=True)
     except Busy:
         return error(429, BUSY, {"Retry-After": "30"})
-    jobs.keep(job)
     status_url = request.url_for("job_status", job_id=job.id).path
     return JSONResponse({"id": job.id, "status_url": status_url, "result_url": status_url + "/result"},
                         status_code=202, headers={"Location": status_url})
 
 
-def _job(request: Request) -> Job:
-    job = request.app.state.jobs.get(request.path_params["job_id"])
+NO_JOB = "There is no such job: it never existed, was deleted or has expired."
+
+
+async def _job(request: Request, result: bool = False) -> Job:
+    job = await request.app.state.jobs.get(request.path_params["job_id"], result=result)
     if job is None:
-        raise HTTPException(404, "There is no such job: it never existed, was deleted or has expired.")
+        raise HTTPException(404, NO_JOB)
     return job
 
 
 async def job_status(request: Request):
-    return JSONResponse(request.app.state.jobs.view(_job(request)))
+    return JSONResponse(await request.app.state.jobs.view(await _job(request)))
 
 
 async def job_result(request: Request):
-    job = _job(request)
+    job = await _job(request, result=True)
     if job.state != "done":
         why = f": {job.error}" if job.error else "."
         raise HTTPException(409, f"The job has no result; it is {job.state}{why}")
+    if job.result is None:                  # (Redis) it expired between two reads
+        raise HTTPException(404, NO_JOB)
     return result_response(job)
 
 
 async def delete_job(request: Request):
     """Cancel a queued or running job (202 while a running one reaches its next tile), or forget a finished one."""
-    jobs: Jobs = request.app.state.jobs
-    job = _job(request)
+    jobs = request.app.state.jobs
+    job = await _job(request)
     if job.over:
-        del jobs.kept[job.id]
-        return JSONResponse(jobs.view(job))
-    job.cancel.set()
-    if job.state == "queued":
-        job.state = "cancelled"             # its worker will skip it
-        return JSONResponse(jobs.view(job))
-    return JSONResponse(jobs.view(job), status_code=202)
+        await jobs.forget(job)
+        return JSONResponse(await jobs.view(job))
+    job = await jobs.cancel(job)            # a queued one is cancelled at once; a running one at its next tile
+    return JSONResponse(await jobs.view(job), status_code=200 if job.over else 202)
 
 
 async def favicon(request: Request):
@@ -274,6 +282,10 @@ async def favicon(request: Request):
 
 async def http_error(request: Request, exc: HTTPException):
     return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "Bad request.", exc.headers)
+
+
+async def unavailable(request: Request, exc: Unavailable):
+    return error(503, str(exc), {"Retry-After": "5"})
 
 
 async def server_error(request: Request, exc: Exception):
@@ -323,26 +335,32 @@ ROUTES = [
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette):
-    """Load the models (unless `create_app` was given them) and start the workers. uvicorn runs this before it
-    opens its socket and exits if it fails, so every request sees `state.enhancer` and `state.jobs` set."""
+    """Load the models (unless `create_app` was given them) and start the job store (the in-memory `Jobs` unless
+    `create_app` was given one). uvicorn runs this before it opens its socket and exits if it fails, so every
+    request sees `state.enhancer` and `state.jobs` set."""
     st = app.state
     if st.enhancer is None:
         st.enhancer = await load_models(st.settings)
     s: Settings = st.settings
-    st.jobs = Jobs(st.enhancer, s.workers, s.queue, tile=s.tile, max_input_pixels=int(s.max_input_mp * 1e6),
-                   timeout_s=s.job_timeout_s, ttl_s=s.job_ttl_s, max_results_bytes=int(s.max_results_mb * 1024 * 1024))
+    if st.jobs is None:
+        st.jobs = Jobs(st.enhancer, s.workers, s.queue, tile=s.tile, max_input_pixels=int(s.max_input_mp * 1e6),
+                       timeout_s=s.job_timeout_s, ttl_s=s.job_ttl_s,
+                       max_results_bytes=int(s.max_results_mb * 1024 * 1024))
+    await st.jobs.start()
     log.info("models loaded from %s (%s)", st.enhancer.model_dir, st.enhancer.card.get("name"))
     try:
         yield
     finally:
-        st.jobs.shutdown()
+        await st.jobs.close()
 
 
-def create_app(settings: Settings | None = None, enhancer: Enhancer | None = None) -> Starlette:
-    """The ASGI app. Pass an already loaded `enhancer` to skip loading at start-up (as `serve` does)."""
+def create_app(settings: Settings | None = None, enhancer: Enhancer | None = None, jobs=None) -> Starlette:
+    """The ASGI app. Pass an already loaded `enhancer` to skip loading at start-up, and a job store `jobs` for
+    another than the in-memory one (`serve` does both: a `RedisJobs` when REDIS_URL is set)."""
     app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)],
-                    exception_handlers={HTTPException: http_error, Exception: server_error})
+                    exception_handlers={HTTPException: http_error, Unavailable: unavailable,
+                                        Exception: server_error})
     app.state.settings = settings or Settings.from_env()
     app.state.enhancer = enhancer
-    app.state.jobs = None
+    app.state.jobs = jobs
     return app

@@ -1,4 +1,4 @@
-"""Command line: python -m superres {train,export,enhance,evaluate,serve} --help
+"""Command line: python -m superres {train,export,enhance,evaluate,serve,worker,report} --help
 
 Each verb lives in its own module, which defines `add_arguments(parser)` and `run(args)`;
 modules are imported only when their verb runs, so `enhance` and `serve` never import torch.
@@ -13,6 +13,7 @@ VERBS = {
     "enhance": ("superres.enhance", "upscale an image or a folder of images"),
     "evaluate": ("superres.evaluate", "score the models beside bicubic, Lanczos and OpenCV peers"),
     "serve": ("superres.serve", "start the web app (Starlette + uvicorn)"),
+    "worker": ("superres.worker", "run jobs from the Redis queue (REDIS_URL) for `serve` web processes"),
     "report": ("superres.report", "rebuild the report, the presentations and their figures and tables"),
 }
 

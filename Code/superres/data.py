@@ -67,6 +67,13 @@ class Degradation:
         return asdict(self)
 
 
+def degradation_from_record(d: dict) -> Degradation | RealWorld:
+    """The degradation a training record (or model card) names: the real-world chain or the first-order one."""
+    if "first" in d:
+        return RealWorld.from_dict(d)
+    return Degradation(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 @lru_cache(maxsize=4096)
 def load_photo(path: str, max_side: int) -> Image.Image:
     """Decode once (cached): RGB, shrunk so the longer side is at most `max_side`."""

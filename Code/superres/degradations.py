@@ -128,14 +128,6 @@ class RealWorld:
         return d
 
 
-def from_record(d: dict):
-    """The degradation a training record (or model card) names: the real-world chain or the first-order one."""
-    if "first" in d:
-        return RealWorld.from_dict(d)
-    from .data import Degradation
-    return Degradation(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
 def seed_for(name: str) -> int:
     """A stable seed from a file name (Python's hash() changes between runs)."""
     return zlib.crc32(name.encode("utf-8"))

@@ -183,9 +183,9 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
     networks, card, int8 = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}, {}
 
     def calibration(record, scale):
-        from .degradations import from_record
+        from .data import degradation_from_record
         from .quantize import calibration_inputs
-        return calibration_inputs(int8_data.split(","), from_record(record["degradation"][f"x{scale}"]))
+        return calibration_inputs(int8_data.split(","), degradation_from_record(record["degradation"][f"x{scale}"]))
 
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
@@ -268,9 +268,9 @@ def real_gan(run_dir: Path, int8_data: str | None):
                                                              "adversarial_weight", "lattice_weight")}}
     inputs = None
     if int8_data:
-        from .degradations import from_record
+        from .data import degradation_from_record
         from .quantize import calibration_inputs
-        inputs = calibration_inputs(int8_data.split(","), from_record(record["degradation"][f"x{scale}"]))
+        inputs = calibration_inputs(int8_data.split(","), degradation_from_record(record["degradation"][f"x{scale}"]))
     return scale, model, entry, inputs
 
 

@@ -1,10 +1,20 @@
 """The queue every enhancement goes through (the web app's /api/enhance and /api/jobs; torch-free).
 
-A `Job` is one image from admission to its result or error; `Jobs` runs them on `workers` threads, admits at most
-`workers + queue` at a time, reports each job's tile progress and queue position, and stops a job at its next
-tile when it is cancelled or runs past `timeout_s` (both through the Enhancer's per-tile `progress` callback).
-Jobs kept for later collection (`keep`) expire `ttl_s` after they end, and their results together stay under
-`max_results_bytes` (the oldest go first; the newest result is always kept).
+A `Job` is one image from admission to its result or error; `run_job` enhances it (one home for how a job ends:
+done, failed with a message fit for the user, or cancelled). It stops at its next tile when it is cancelled or runs
+past its time limit (both through the Enhancer's per-tile `progress` callback).
+
+A job store is what the web app calls, all of it `async`: `full`, `submit`, `wait` (/api/enhance), `get`, `view`,
+`cancel`, `forget` (/api/jobs), `health` (/healthz), `start` and `close`. Two implement it:
+
+* `Jobs` (here, the default): `workers` threads in this process, at most `workers + queue` jobs admitted at a time,
+  jobs and results in this process's memory;
+* `superres.redis_jobs.RedisJobs` (with REDIS_URL): the jobs on Redis, run by `python -m superres worker` processes,
+  so that any web process can follow, fetch and cancel any job. `superres.serve` chooses between them.
+
+In both, jobs kept for later collection (`keep`) expire `ttl_s` after they end, and their results together stay under
+`max_results_bytes` (the oldest go first; the newest result is always kept). A store that cannot reach its backend
+raises `Unavailable` (the web app answers 503).
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,10 +38,15 @@ class Busy(Exception):
     """Every worker is busy and the queue is full."""
 
 
+class Unavailable(Exception):
+    """The job store cannot be reached (Redis down); the message is fit for the user."""
+
+
 @dataclass(eq=False)
 class Job:
-    """One image to enhance. The worker thread writes the progress fields; anyone may set `cancel`, and the job
-    stops at its next tile."""
+    """One image to enhance. The worker writes the progress fields; anyone may set `cancel`, and the job stops at
+    its next tile. `watch`, when set, is called at every tile (the Redis worker reports progress and reads cancels
+    through it)."""
     data: bytes | None
     scale: int
     strength: float
@@ -50,6 +66,8 @@ class Job:
     deadline: float = math.inf
     finished: float = math.inf          # time.monotonic() when it ended
     cancel: threading.Event = field(default_factory=threading.Event)
+    watch: Callable[[Job], None] | None = field(default=None, repr=False)
+    future: asyncio.Future | None = field(default=None, repr=False)
 
     @property
     def over(self) -> bool:
@@ -58,8 +76,50 @@ class Job:
     def progress(self, done: int, total: int) -> None:
         """Called by the Enhancer before the first tile and after each one."""
         self.tiles_done, self.tiles_total = done, total
+        if self.watch is not None:
+            self.watch(self)
         if self.cancel.is_set() or time.monotonic() > self.deadline:
             raise Cancelled()
+
+
+def run_job(job: Job, enhancer: Enhancer, *, tile: int | None, max_input_pixels: int, timeout_s: float) -> None:
+    """Enhance `job` within `timeout_s`; it ends done (its `result` set), failed (`error`, `status`) or cancelled."""
+    job.deadline = time.monotonic() + timeout_s
+    t0 = time.perf_counter()
+    try:
+        job.progress(0, 0)                     # cancelled while it waited: nothing to do
+        job.state = "running"
+        img = load_image(job.data, max_input_pixels)
+        job.in_size = img.size
+        out = enhancer.enhance(img, scale=job.scale, strength=job.strength, tile=tile, progress=job.progress)
+        job.result, job.out_size = encode(out, job.format, job.quality), out.size
+        job.state = "done"
+    except Cancelled:
+        if job.cancel.is_set():
+            job.state = "cancelled"
+        else:
+            job.state, job.status = "failed", 503
+            job.error = (f"This image took longer than this server's {timeout_s:g} s limit "
+                         "and was stopped. Choose ×2 or a smaller image.")
+    except ImageError as e:
+        job.state, job.status, job.error = "failed", e.status, str(e)
+    except Exception:
+        log.exception("enhancing %s failed", job.filename)
+        job.state, job.status = "failed", 500
+        job.error = "Something went wrong on the server while enhancing the image. Please try again."
+    finally:
+        job.data = None                        # the upload is not needed any more
+        job.seconds = time.perf_counter() - t0
+        job.finished = time.monotonic()
+
+
+def view(job: Job, queue_position: int) -> dict:
+    """What GET /api/jobs/{id} answers (both stores)."""
+    total = job.tiles_total
+    return {"id": job.id, "state": job.state,
+            "progress": 1.0 if job.state == "done" else round(job.tiles_done / total, 4) if total else 0.0,
+            "tiles_done": job.tiles_done, "tiles_total": total, "queue_position": queue_position,
+            "error": job.error}
 
 
 class Jobs:
@@ -77,27 +137,50 @@ class Jobs:
         self._lock = threading.Lock()
         self.kept: dict[str, Job] = {}   # jobs kept for their clients (/api/jobs), by id, until they expire
 
-    def full(self) -> bool:
+    async def start(self) -> None:
+        pass
+
+    async def full(self) -> bool:
         return self.admitted >= self.capacity
 
-    def submit(self, job: Job) -> asyncio.Future:
-        """Queue `job`; the future completes when it has finished (done, failed or cancelled)."""
-        if self.full():
+    async def submit(self, job: Job, keep: bool = False) -> None:
+        """Queue `job` (`keep`: for its client to collect later); `job.future` completes when it has ended."""
+        if self.admitted >= self.capacity:
             raise Busy()
         self.admitted += 1
         with self._lock:
             self.waiting.append(job)
-        future = asyncio.get_running_loop().run_in_executor(self.executor, self._run, job)
-        future.add_done_callback(lambda _: setattr(self, "admitted", self.admitted - 1))
-        return future
+        job.future = asyncio.get_running_loop().run_in_executor(self.executor, self._run, job)
+        job.future.add_done_callback(lambda _: setattr(self, "admitted", self.admitted - 1))
+        if keep:
+            self.expire()
+            self.kept[job.id] = job
 
-    def keep(self, job: Job) -> None:
-        self.expire()
-        self.kept[job.id] = job
+    async def wait(self, job: Job) -> Job:
+        """Until `job` has ended (cancelling this wait leaves the job running)."""
+        await asyncio.shield(job.future)
+        return job
 
-    def get(self, job_id: str) -> Job | None:
+    async def get(self, job_id: str, result: bool = False) -> Job | None:
+        """A kept job (its result is in memory anyway)."""
         self.expire()
         return self.kept.get(job_id)
+
+    async def cancel(self, job: Job) -> Job:
+        job.cancel.set()
+        if job.state == "queued":
+            job.state = "cancelled"             # its worker will skip it
+        return job
+
+    async def forget(self, job: Job) -> None:
+        self.kept.pop(job.id, None)
+
+    async def view(self, job: Job) -> dict:
+        return view(job, self.position(job))
+
+    async def health(self) -> dict:
+        return {"backend": "memory", "workers": self.workers, "running": self.running,
+                "waiting": max(0, self.admitted - self.running), "capacity": self.capacity}
 
     def expire(self) -> None:
         """Forget jobs that ended more than `ttl_s` ago, then the oldest finished ones while their results are
@@ -125,46 +208,14 @@ class Jobs:
         with self._lock:
             self.waiting.remove(job)
             self.running += 1
-        job.deadline = time.monotonic() + self.timeout_s
-        t0 = time.perf_counter()
         try:
-            job.progress(0, 0)                     # cancelled while it waited: nothing to do
-            job.state = "running"
-            img = load_image(job.data, self.max_input_pixels)
-            job.in_size = img.size
-            out = self.enhancer.enhance(img, scale=job.scale, strength=job.strength, tile=self.tile,
-                                        progress=job.progress)
-            job.result, job.out_size = encode(out, job.format, job.quality), out.size
-            job.state = "done"
-        except Cancelled:
-            if job.cancel.is_set():
-                job.state = "cancelled"
-            else:
-                job.state, job.status = "failed", 503
-                job.error = (f"This image took longer than this server's {self.timeout_s:g} s limit "
-                             "and was stopped. Choose ×2 or a smaller image.")
-        except ImageError as e:
-            job.state, job.status, job.error = "failed", e.status, str(e)
-        except Exception:
-            log.exception("enhancing %s failed", job.filename)
-            job.state, job.status = "failed", 500
-            job.error = "Something went wrong on the server while enhancing the image. Please try again."
+            run_job(job, self.enhancer, tile=self.tile, max_input_pixels=self.max_input_pixels,
+                    timeout_s=self.timeout_s)
         finally:
-            job.data = None                        # the upload is not needed any more
-            job.seconds = time.perf_counter() - t0
-            job.finished = time.monotonic()
             with self._lock:
                 self.running -= 1
 
-    def view(self, job: Job) -> dict:
-        """What GET /api/jobs/{id} answers."""
-        total = job.tiles_total
-        return {"id": job.id, "state": job.state,
-                "progress": 1.0 if job.state == "done" else round(job.tiles_done / total, 4) if total else 0.0,
-                "tiles_done": job.tiles_done, "tiles_total": total, "queue_position": self.position(job),
-                "error": job.error}
-
-    def shutdown(self):
+    async def close(self) -> None:
         for job in self.kept.values():
             job.cancel.set()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -5,11 +5,18 @@ these results and `report` reads them; plain Python (no numpy, no torch).
 evaluation.json (format 1): {format, created, command, data_root, limit, seconds,
 machine{cpu, cores, threads, platform, python, loadavg_start, loadavg_end, versions},
 model_card{dir, name, created, package_version, untrained, default_strength, networks, sha256{file: hex}} | null,
-quality[{set, scale, method, strength|null, n_images, psnr_y, ssim_y, haarpsi, hf_ratio, lattice, spectral}],
+quality[{set, scale, method, strength|null, n_images, psnr_y, ssim_y, haarpsi, hf_ratio, lattice, spectral,
+identity|null, identity_faces, identity_missed, bicubic_same_images{psnr_y, identity}|absent}],
 speed[{method, strength|null, options, input, output, scale, runs, seconds_per_image, min_seconds,
 megapixels_per_s, load_seconds, peak_rss_mb}], targets[{id, description, measured, required, passed|null}],
-jpeg_network_use{"<set> x<scale>": [inputs that took the JPEG-trained network, inputs]} (where a model is
-evaluated; only the scales that have such a network)}.
+input_kinds{"<set> x<scale>": {clean, jpeg, real: inputs the Enhancer read as that kind}} (where a model is
+evaluated; only the scales that have networks for compressed inputs), degradation{"<set>": {"<scale>": the chain's ranges
+(superres.degradations.RealWorld.to_dict), seed}} (the real-world sets evaluated), identity{how it is measured}
+(where a face set is evaluated), realesrgan{model, backend, x2, limit, images, cpu_seconds_per_image} (where it
+ran)}.
+identity is the mean over the images whose target shows a face (identity_faces of them; identity_missed had
+none); null on sets without faces. A method run on fewer images than the set (Real-ESRGAN, --realesrgan-limit)
+carries bicubic's scores on the same images in bicubic_same_images, and its delta is taken against those.
 """
 from __future__ import annotations
 
@@ -22,17 +29,25 @@ FORMAT = 1
 JPEG_QUALITY = 40
 PORTRAIT_SETS = {"portraits512": None, "portraits512_jpeg40": JPEG_QUALITY}   # set -> JPEG quality of its LR
 BENCHMARK_SETS = ("Set5", "Set14", "BSD100")
-SETS = (*PORTRAIT_SETS, *BENCHMARK_SETS)
+# real-world sets: the HR of a set above, its LR made by superres.degradations.RealWorld, seeded by the file name
+REAL_SETS = {"portraits512_real": "portraits512", "BSD100_real": "BSD100"}   # set -> the set whose HR it degrades
+FACE_SETS = ("portraits512", "portraits512_jpeg40", "portraits512_real")     # the sets scored for identity
+SETS = (*PORTRAIT_SETS, "portraits512_real", *BENCHMARK_SETS, "BSD100_real")
 SCALES = (4, 2)
 # set -> (heading in evaluation.md, caption in the report); other sets are titled by their name
 SET_TITLES = {"portraits512": ("portraits/valid at 512 px", "portraits/valid at 512 px"),
               "portraits512_jpeg40": ("portraits/valid at 512 px, LR as JPEG q40",
-                                      "portraits/valid at 512 px, input saved as JPEG q40")}
+                                      "portraits/valid at 512 px, input saved as JPEG q40"),
+              "portraits512_real": ("portraits/valid at 512 px, real-world degradation",
+                                    "portraits/valid at 512 px, input degraded by the real-world chain"),
+              "BSD100_real": ("BSD100, real-world degradation", "BSD100, input degraded by the real-world chain")}
 
 # ---- methods, in the order of every table ----------------------------------------------------------
-METHODS = ("bicubic", "lanczos", "fsrcnn", "espcn", "lapsrn", "ours")
+METHODS = ("bicubic", "lanczos", "fsrcnn", "espcn", "lapsrn", "realesrgan", "ours")
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "realesrgan")   # Real-ESRGAN only when asked (slow on a CPU)
 DISPLAY = {"bicubic": "Bicubic", "lanczos": "Lanczos", "fsrcnn": "FSRCNN", "espcn": "ESPCN",
-           "lapsrn": "LapSRN", "ours": "Ours"}
+           "lapsrn": "LapSRN", "realesrgan": "Real-ESRGAN", "ours": "Ours"}
+REALESRGAN_LIMIT = 8       # by default Real-ESRGAN runs on 8 images of each real-world set and scale
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 # ---- scores ----------------------------------------------------------------------------------------
@@ -41,8 +56,11 @@ PERCEPTUAL_TITLES = {"haarpsi": "HaarPSI", "lpips": "LPIPS", "dists": "DISTS", "
 LOWER_IS_BETTER = {"lpips", "dists"}
 SCORES = ("psnr_y", "ssim_y", PERCEPTUAL, "hf_ratio", "lattice", "spectral")
 MEDIAN_SCORES = ("lattice", "spectral")   # a few images with huge values would rule a mean: the median
-DIGITS = {"psnr_y": 4, "ssim_y": 4, PERCEPTUAL: 4, "hf_ratio": 4, "lattice": 3, "spectral": 4}  # rounded at display
-ROW_KEYS = {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "hf_ratio", "lattice", "spectral"}
+IDENTITY = "identity"        # the face descriptor distance (superres.identity), on FACE_SETS only
+DIGITS = {"psnr_y": 4, "ssim_y": 4, PERCEPTUAL: 4, "hf_ratio": 4, "lattice": 3, "spectral": 4,
+          IDENTITY: 4}   # rounded at display
+ROW_KEYS = {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "hf_ratio", "lattice", "spectral",
+            IDENTITY, "identity_faces", "identity_missed", "bicubic_same_images"}
 
 # ---- credits of the portraits (../shared/data/README.md), by file-name prefix -----------------------
 # prefix -> (full credit, for samples/README.md; short credit in LaTeX, for the report)
@@ -125,6 +143,11 @@ SET5_X4_PSNR = 30.72
 SET14_X4_PSNR = 27.6
 LATTICE_MAX = 4.0
 SPECTRAL_MAX_S1 = 0.5
+REAL_GAIN_DEFAULT = 1.5        # portraits512_real x4 at the default strength, dB over bicubic
+REAL_GAIN_S1 = 0.5             # ... at strength 1
+REAL_IDENTITY_DEFAULT = 0.85   # identity distance at most this times bicubic's, at the default strength
+REAL_IDENTITY_S1 = 0.95        # ... at strength 1
+GENERAL_REAL_GAIN = 0.7        # BSD100_real x4 at the default strength, dB over bicubic
 SPEED_MAX_SECONDS = 0.35
 SPEED_MIN_VS_LAPSRN = 8.0
 
@@ -177,6 +200,33 @@ def check_targets(quality, speed, default_strength=0.5) -> list[dict]:
     h1, hb = (None if r is None else r.get(PERCEPTUAL) for r in (r1, rb))
     out.append(target("haarpsi_s1", f"portraits512 x4, strength 1: {PERCEPTUAL_TITLES[PERCEPTUAL]} >= bicubic's",
                       h1, hb, h1 is not None and hb is not None and h1 >= hb))
+    # the photos people bring: the real-world sets
+    bic_r = find(quality, "portraits512_real", 4, "bicubic")
+    rd, r1r = (find(quality, "portraits512_real", 4, "ours", st) for st in (default_strength, 1.0))
+    for id_, row, gain, what in (("real_x4_default", rd, REAL_GAIN_DEFAULT, f"default strength {default_strength:g}"),
+                                 ("real_x4_s1", r1r, REAL_GAIN_S1, "strength 1")):
+        m = None if row is None else row["psnr_y"]
+        req = None if bic_r is None else round(bic_r["psnr_y"] + gain, 3)
+        out.append(target(id_, f"portraits512_real x4, {what}: PSNR(Y) >= bicubic + {gain:g} dB", m, req,
+                          m is not None and req is not None and m >= req))
+    lat_r, sp_r = (None if r1r is None else r1r.get(k) for k in ("lattice", "spectral"))
+    out.append(target("real_x4_s1_lattice", f"portraits512_real x4, strength 1: lattice <= {LATTICE_MAX:g}", lat_r,
+                      LATTICE_MAX, lat_r is not None and lat_r <= LATTICE_MAX))
+    out.append(target("real_x4_s1_spectral", f"portraits512_real x4, strength 1: spectral <= {SPECTRAL_MAX_S1:g}",
+                      sp_r, SPECTRAL_MAX_S1, sp_r is not None and sp_r <= SPECTRAL_MAX_S1))
+    for id_, row, factor, what in (("real_x4_identity_default", rd, REAL_IDENTITY_DEFAULT,
+                                    f"default strength {default_strength:g}"),
+                                   ("real_x4_identity_s1", r1r, REAL_IDENTITY_S1, "strength 1")):
+        m = None if row is None else row.get(IDENTITY)
+        ref = None if bic_r is None else bic_r.get(IDENTITY)
+        req = None if ref is None else round(ref * factor, 4)
+        out.append(target(id_, f"portraits512_real x4, {what}: identity distance <= {factor:g} x bicubic's", m, req,
+                          m is not None and req is not None and m <= req))
+    bic_g, gd = find(quality, "BSD100_real", 4, "bicubic"), find(quality, "BSD100_real", 4, "ours", default_strength)
+    m = None if gd is None else gd["psnr_y"]
+    req = None if bic_g is None else round(bic_g["psnr_y"] + GENERAL_REAL_GAIN, 3)
+    out.append(target("general_real_x4_default", f"BSD100_real x4, default strength {default_strength:g}: PSNR(Y) >= "
+                      f"bicubic + {GENERAL_REAL_GAIN:g} dB", m, req, m is not None and req is not None and m >= req))
     ours = next((r for r in speed if r["method"] == "ours" and r["options"].get("tile") == "auto"
                  and r.get("scale", 4) == 4), None)
     lap = next((r for r in speed if r["method"] == "lapsrn" and r.get("scale", 4) == 4), None)

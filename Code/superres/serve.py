@@ -6,6 +6,11 @@
 The models are fetched (MODEL_URL) and loaded before the server starts listening, so a missing or damaged
 model stops it at once with a plain message instead of a server that answers errors.
 
+The job store is chosen here, once: with REDIS_URL set, jobs go on Redis (superres.redis_jobs.RedisJobs) and
+`python -m superres worker` processes run them, so several web processes behind a load balancer share them; a Redis
+that cannot be reached at start stops the server with one line (exit 2). Without it, the web app runs jobs on its
+own threads (superres.jobs.Jobs), as a single process needs nothing else.
+
 How the two halves meet: the web app (Code/Web_App: app.py, templates, static files) is not part of the
 installed package, so it cannot be imported by name. `load_webapp` loads Web_App/app.py by its path, as the
 module `superres_webapp`, from beside the package (Code/Web_App in a checkout, /app/Code/Web_App in the Docker
@@ -57,6 +62,7 @@ def run(args) -> int:
     import uvicorn
 
     from .inference import ModelError
+    from .jobs import Unavailable
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
         webapp = load_webapp()
@@ -66,14 +72,30 @@ def run(args) -> int:
         return 2
     if args.model_dir:
         settings.model_dir = Path(args.model_dir)
+    conn = None
+    if settings.redis_url:
+        from . import redis_jobs
+        try:
+            conn = redis_jobs.connect(settings.redis_url)
+        except Unavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         enhancer = asyncio.run(webapp.load_models(settings))
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = webapp.create_app(settings, enhancer)
+    jobs, where = None, f"{settings.workers} worker(s)"
+    if conn is not None:
+        s = settings
+        jobs = redis_jobs.RedisJobs(conn, queue=s.queue, tile=s.tile, max_input_pixels=int(s.max_input_mp * 1e6),
+                                    timeout_s=s.job_timeout_s, ttl_s=s.job_ttl_s,
+                                    max_results_bytes=int(s.max_results_mb * 1024 * 1024),
+                                    heartbeat_s=s.worker_heartbeat_s)
+        where = f"jobs on Redis at {redis_jobs.safe_url(s.redis_url)}"
+    app = webapp.create_app(settings, enhancer, jobs)
     print(f"serving the super-resolution app on http://{args.host}:{args.port}/ "
-          f"(models: {enhancer.model_dir}, {settings.workers} worker(s), queue {settings.queue})", flush=True)
+          f"(models: {enhancer.model_dir}, {where}, queue {settings.queue})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
                 **settings.uvicorn())
     return 0

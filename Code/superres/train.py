@@ -50,6 +50,11 @@ from .options import add_options, from_options, option
 from .model_folder import STAGES  # the stage names, in the order the model card records them
 
 
+def minutes_option(stage: str, epochs_flag: str):
+    """A stage's wall-clock budget (for one-shot runs on lent GPUs: the schedule follows the clock)."""
+    return option(0.0, help=f"{stage}: if > 0, train for this many minutes of wall-clock time instead of {epochs_flag}")
+
+
 @dataclass
 class TrainConfig:
     """One training run. Each `option` is also a flag of `python -m superres train` (see options.py)."""
@@ -68,16 +73,14 @@ class TrainConfig:
     repeats: int = option(4, help="random crops per photo per epoch")
     epochs_gen: int = option(8, help="stage 1: generator pre-training epochs")
     lr_gen: float = option(2e-3, help="stage 1: peak learning rate of the one-cycle schedule")
-    minutes_gen: float = option(0.0, help="stage 1: if > 0, train for this many minutes of wall-clock time "
-                                          "instead of --epochs-gen")
+    minutes_gen: float = minutes_option("stage 1", "--epochs-gen")
     ema: float = option(0.999, help="stage 1: decay of the exponential moving average of the generator's weights "
                                     "(0 = off)")
     epochs_critic: int = option(2, help="stage 2: critic pre-training epochs")
     lr_critic: float = option(1e-3, help="stage 2: learning rate")
     epochs_gan: int = option(3, help="stage 3: GAN fine-tuning epochs")
     lr_gan: float = option(1e-4, help="stage 3: learning rate (the critic's is 5x this)")
-    minutes_gan: float = option(0.0, help="stage 3: if > 0, train for this many minutes of wall-clock time "
-                                          "instead of --epochs-gan")
+    minutes_gan: float = minutes_option("stage 3", "--epochs-gan")
     adversarial_weight: float = option(0.3, help="stage 3: weight of the critic's verdict in the generator's loss, "
                                                  "against 50 for the content loss (the fastai lesson: 1; the shipped "
                                                  "x4 network: 0.3, x2: 0.1)")
@@ -89,8 +92,7 @@ class TrainConfig:
                                               "in the output (0 = off)")
     epochs_polish: int = option(6, help="stage 4: lattice-polish epochs (constant LR)")
     lr_polish: float = option(5e-5, help="stage 4: learning rate")
-    minutes_polish: float = option(0.0, help="stage 4: if > 0, polish for this many minutes of wall-clock time "
-                                             "instead of --epochs-polish")
+    minutes_polish: float = minutes_option("stage 4", "--epochs-polish")
     polish_lattice: float = option(0.03, help="stage 4: weight of the lattice loss (the anchor, L1 to the GAN "
                                               "generator's own output, has weight 1)")
     polish_phase_sigma: float = option(0.0, help="stage 4: if > 0, the anchor's locally periodic part (period = "

@@ -120,3 +120,68 @@ def webapp_url(untrained_model_dir) -> str:
     """Base URL of a real uvicorn server running the web app on the untrained model folder."""
     with run_server({"MODEL_DIR": str(untrained_model_dir), "WORKERS": "1", "QUEUE": "16"}) as (base, _):
         yield base
+
+
+# ---- a real redis-server and `superres worker` processes (the Redis job queue, test_redis_queue.py) ----------
+class RedisServer:
+    """`redis-server` on a free loopback port, no persistence; `stop()` and `start()` again keep the port (an
+    empty Redis comes back, as after a restart). Under CI=true a missing redis-server fails the test."""
+
+    def __init__(self):
+        import shutil
+        require(shutil.which("redis-server") is not None, "needs redis-server (apt-get install redis-server)")
+        self.port, self.proc = free_port(), None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import redis
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A redis-server of the test module's own (RedisServer)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def run_worker(env: dict | None = None, args: tuple = ()):
+    """`python -m superres worker` in a subprocess (its output in the file `Popen.log_path`); yields the Popen. It is
+    stopped (SIGTERM, then SIGKILL) on leaving, unless it has already exited."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"superres-worker-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "superres", "worker", *args], env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+    proc.log_path = log_path
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from superres.data import DegradeBatch, sr_dataloaders
-from superres.degradations import FIRST, RealWorld, Round, blur_kernels, from_record, seed_for
+from superres.data import DegradeBatch, degradation_from_record, sr_dataloaders
+from superres.degradations import FIRST, RealWorld, Round, blur_kernels, seed_for
 
 
 def photo(size=(192, 160), seed=0):
@@ -67,8 +67,8 @@ def test_blur_kernels_sum_to_one_and_anisotropic_ones_are_not_round():
 def test_the_chain_is_recorded_and_read_back():
     chain = RealWorld(scale=2, clean_prob=0.3)
     d = json.loads(json.dumps(chain.to_dict()))
-    assert from_record(d) == chain and d["first"]["blur_sigma"] == list(FIRST.blur_sigma)
-    assert from_record({"scale": 4, "clean_prob": 0.2}).clean_prob == 0.2     # the first-order Degradation
+    assert degradation_from_record(d) == chain and d["first"]["blur_sigma"] == list(FIRST.blur_sigma)
+    assert degradation_from_record({"scale": 4, "clean_prob": 0.2}).clean_prob == 0.2     # the first-order Degradation
 
 
 def test_seed_for_is_stable():

