@@ -26,7 +26,8 @@
 # A lent GPU gets only the working tree (64 MiB in all), so DATA was a git-excluded folder in the repo holding
 # ../shared/data's portraits/train at <= 512 px (v3: 640; Pillow, Lanczos, JPEG q87 4:4:4), 16 of portraits/valid
 # at 512 px (q90) and general/train's photos of >= 128 px re-encoded as JPEG q84 4:4:4 (25 MB in all); fastai
-# and its pure-Python needs travelled as wheels, and --init checkpoints with their weights stored as fp16.
+# and its pure-Python needs travelled as wheels (fastprogress 1.0.3: 1.1.x imports python-fasthtml, which the GPU
+# image lacks; kornia and kornia-rs for --degradation real), and --init checkpoints with weights stored as fp16.
 # At most 8 files come back from $OUT per call: keep the jobs to 3 (2 checkpoints each + records.tgz).
 set -uo pipefail
 [ $# -ge 5 ] || { echo "usage: bash Code/train_gpu.sh DATA OUT GEN_MINUTES GAN_MINUTES NAME:SCALE[:flags]..."; exit 2; }

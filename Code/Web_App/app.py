@@ -12,10 +12,10 @@ Routes (the whole table is `ROUTES` below):
     /static/..., /favicon.ico     CSS, JS, icons
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`), which loads this file by its
-path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve). Settings come from the
-environment (see `Settings`). Every image is a `Job` in a job store (superres.jobs): by default `Jobs`, WORKERS
-threads off the event loop; with REDIS_URL, `RedisJobs` (superres.redis_jobs), a queue on Redis that
-`python -m superres worker` processes take jobs from, so that any web process can answer for any job (Redis
+path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve).
+Settings come from the environment (see `Settings`). Every image is a `Job` in a job store (superres.jobs): by
+default `Jobs`, WORKERS threads off the event loop; with REDIS_URL, `RedisJobs` (superres.redis_jobs), a queue on
+Redis that `python -m superres worker` processes take jobs from, so that any web process can answer for any job (Redis
 unreachable: 503 with Retry-After). At most QUEUE jobs wait (beyond that 429, decided before the upload is
 read). An upload is checked into a job (size, pace, fields, image) by superres.upload before it waits. A job stops
 at its next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
@@ -44,8 +44,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from superres import DEFAULT_MODEL_DIR, __version__
-from superres import upload
+from superres import DEFAULT_MODEL_DIR, __version__, upload
 from superres.imaging import OUTPUT_FORMATS
 from superres.inference import Enhancer
 from superres.jobs import Busy, Job, Jobs, Unavailable
@@ -85,7 +84,7 @@ class Settings:
     worker_heartbeat_s: float = 5.0       # with REDIS_URL: a worker that stops heartbeating for 3 of these is dead
 
     @classmethod
-    def from_env(cls, env=None) -> "Settings":
+    def from_env(cls, env=None) -> Settings:
         env = os.environ if env is None else env
         s = cls()
         for f in fields(cls):

@@ -76,7 +76,8 @@ def latency(base: str, data: bytes, scale: int, repeat: int) -> list[float]:
     with httpx.Client(timeout=900) as client:
         for _ in range(repeat):
             t = time.perf_counter()
-            r = client.post(base + "/api/enhance", files={"file": ("p.png", data, "image/png")}, data={"scale": str(scale)})
+            r = client.post(base + "/api/enhance", files={"file": ("p.png", data, "image/png")},
+                            data={"scale": str(scale)})
             r.raise_for_status()
             times.append(time.perf_counter() - t)
     return times
@@ -86,7 +87,8 @@ async def load(base: str, data: bytes, scale: int, n: int):
     health = []
     async with httpx.AsyncClient(timeout=1800) as client:
         async def one():
-            r = await client.post(base + "/api/enhance", files={"file": ("p.png", data, "image/png")}, data={"scale": str(scale)})
+            r = await client.post(base + "/api/enhance", files={"file": ("p.png", data, "image/png")},
+                                  data={"scale": str(scale)})
             return r.status_code
 
         async def poll(done):
@@ -125,8 +127,10 @@ def big_rss(model_dir: str) -> tuple[float, float]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", default=os.environ.get("MODEL_DIR"), help="model folder (default: $MODEL_DIR or the shipped one)")
-    p.add_argument("--untrained", action="store_true", help="export random-weight models to a temporary folder and use them")
+    p.add_argument("--model-dir", default=os.environ.get("MODEL_DIR"),
+                   help="model folder (default: $MODEL_DIR or the shipped one)")
+    p.add_argument("--untrained", action="store_true",
+                   help="export random-weight models to a temporary folder and use them")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--scale", type=int, default=4, choices=[2, 4])
     p.add_argument("--repeat", type=int, default=3)
@@ -150,11 +154,12 @@ def main():
     try:
         latency(base, portrait(64), 2, 1)                      # warm up (first session run)
         times = latency(base, data, args.scale, args.repeat)
-        print(f"x{args.scale} of {args.size}x{args.size}, end to end over HTTP: median {statistics.median(times):.2f} s "
-              f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
+        print(f"x{args.scale} of {args.size}x{args.size}, end to end over HTTP: "
+              f"median {statistics.median(times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
         codes, wall, health = asyncio.run(load(base, data, args.scale, args.requests))
         print(f"{args.requests} concurrent x{args.scale} requests of {args.size}x{args.size} ({args.workers} worker): "
-              f"statuses {sorted(set(codes))}, {wall:.1f} s in all; /healthz max {max(health) * 1000:.0f} ms over {len(health)} polls")
+              f"statuses {sorted(set(codes))}, {wall:.1f} s in all; "
+              f"/healthz max {max(health) * 1000:.0f} ms over {len(health)} polls")
         print(f"server peak memory (VmHWM) after the load: {vm_hwm_mb(proc.pid):.0f} MB")
     finally:
         proc.terminate()

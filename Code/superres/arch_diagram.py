@@ -40,6 +40,7 @@ def _fraction(probe: int, side: int) -> str:
 def describe_generator(cfg) -> dict:
     """Levels, blocks and parameter counts of one `Generator(cfg)`, from a probe forward pass."""
     import torch
+
     from .models import Generator, n_params
     g = Generator(cfg).eval()
     enc = g.unet.layers[0]
@@ -80,7 +81,7 @@ def describe_generator(cfg) -> dict:
     layers = list(g.unet.layers)
     names = [type(m).__name__ for m in layers]
     blocks = []
-    for i, (name, m) in enumerate(zip(names, layers)):
+    for i, (name, m) in enumerate(zip(names, layers, strict=True)):
         if name == "UnetBlock":
             shp = shapes[("u", i)]
             blocks.append({"channels": shp[1], "side": shp[2], "res": _fraction(PROBE, shp[2]),
@@ -113,6 +114,7 @@ def describe_generator(cfg) -> dict:
 def describe_critic(nf: int) -> dict:
     import torch
     from torch import nn
+
     from .models import make_critic, n_params
     c = make_critic(nf=nf).eval()
     convs = []
@@ -122,7 +124,8 @@ def describe_critic(nf: int) -> dict:
     with torch.no_grad():
         out = c(torch.rand(1, 3, 2 * PROBE, 2 * PROBE))
     spectral = any(hasattr(m, "weight_orig") for m in c.modules())
-    return {"nf": nf, "high_pass": _count(c, ("HighPass",)) > 0, "convs": convs, "self_attention": _count(c, ("SelfAttention",)) > 0,
+    return {"nf": nf, "high_pass": _count(c, ("HighPass",)) > 0, "convs": convs,
+            "self_attention": _count(c, ("SelfAttention",)) > 0,
             "res_blocks": _count(c, ("SequentialEx",)), "spectral_norm": spectral,
             "logits_for_probe": list(out.shape[1:]), "probe": 2 * PROBE, "params": n_params(c)}
 
@@ -131,6 +134,7 @@ def describe(model_card: dict | None = None, train_config: dict | None = None, l
     """Describe the networks as the model card (or, without one, the code's defaults) configures them:
     `generator` is the x4 one (drawn in full), `generator_x2` the x2 one."""
     from dataclasses import replace
+
     from .train import TrainConfig
     arch = (model_card or {}).get("architecture", {})
     tc = train_config or {}
@@ -270,7 +274,8 @@ def draw(desc: dict, path=None, dpi: int = 110):
     # final up-sampling of DynamicUnet to the input size, then the stem + trunk at that size, then the head
     fx, fy = 152.0, dec_pos[-1][1] + step
     fin = gen["final"]
-    fin_text = ("PixelShuffle x2 (ICNR) to input size\n+ 1x1 conv -> " if fin["pixel_shuffle"] else "resize + 1x1 conv -> ")
+    fin_text = ("PixelShuffle x2 (ICNR) to input size\n+ 1x1 conv -> " if fin["pixel_shuffle"]
+                else "resize + 1x1 conv -> ")
     box(fx, fy, 44, bh, fin_text + f"{fin['channels']} ch @ {fin['res']}   ({_fmt_params(fin['params'])})",
         COLORS["dec"], fs=10.5)
     arrow((dec_pos[-1][0] + dw, dec_pos[-1][1] + bh / 2), (fx, fy + bh / 2), rad=0.15)
@@ -291,7 +296,7 @@ def draw(desc: dict, path=None, dpi: int = 110):
     arrow((px, hy), (px, py + 2.2))
     box(fx + 24, py - 3.6, 20, 7.2, f"bicubic x{hd['scale']} of x\n(global residual)", COLORS["io"], fs=10.5)
     arrow((fx + 24, py), (px + 2.2, py))
-    box(fx + 4, py - 13.5, 20, 7.2, r"$\hat y_{\times %d}$" % hd["scale"] + f"\n3 x {hd['scale']}H x {hd['scale']}W",
+    box(fx + 4, py - 13.5, 20, 7.2, rf"$\hat y_{{\times {hd['scale']}}}$" + f"\n3 x {hd['scale']}H x {hd['scale']}W",
         COLORS["io"], fs=11.5)
     arrow((px, py - 2.2), (px, py - 6.3))
 
@@ -307,17 +312,19 @@ def draw(desc: dict, path=None, dpi: int = 110):
         r"$\hat y(s) = (1-s)\,G_{faithful}(x) + s\,G_{GAN}(x)$" + "\n"
         + (f"default s = {s:g}" if s is not None else "s in [0, 1]"), COLORS["head"], fs=11)
     arrow((16, cy + 4), (22, cy + 4))
-    box(70, cy, 26, 8, r"$\hat y_{\times 4}$: 3 x 4H x 4W" + "\n" + r"$\hat y_{\times 2}$: 3 x 2H x 2W", COLORS["io"], fs=12)
+    box(70, cy, 26, 8, r"$\hat y_{\times 4}$: 3 x 4H x 4W" + "\n" + r"$\hat y_{\times 2}$: 3 x 2H x 2W", COLORS["io"],
+        fs=12)
     arrow((62, cy + 4), (70, cy + 4))
-    label(128, cy + 4, "one network run per tile at s = 0 or 1, two in between\n(ONNX Runtime); no network at the output size", fs=12,
-          style="italic")
+    label(128, cy + 4, "one network run per tile at s = 0 or 1, two in between\n"
+          "(ONNX Runtime); no network at the output size", fs=12, style="italic")
 
     # critic
     cx, cyy = 58.0, 4.0
     convs = critic["convs"]
     strided = [c for c in convs if c["stride"] == 2]
     chans = ", ".join(f"{c['in']}->{c['out']}" for c in strided)
-    extras = (", self-attention" if critic["self_attention"] else "") + (", spectral norm" if critic["spectral_norm"] else "")
+    extras = ((", self-attention" if critic["self_attention"] else "")
+              + (", spectral norm" if critic["spectral_norm"] else ""))
     box(cx, cyy, 54, 14, f"Critic D: fastai gan_critic (nf = {critic['nf']}, {_fmt_params(critic['params'])})"
         + (" on x - blur(x)" if critic.get("high_pass") else "") + "\n"
         f"{len(strided)} stride-2 4x4 convs ({chans} ch),\n{critic['res_blocks']} residual block{extras},\n"
@@ -333,7 +340,8 @@ def draw(desc: dict, path=None, dpi: int = 110):
     lines = [("1  generator", r"$L_{pix}(\hat y, y)$ (EMA of weights)  ->  $\theta_{faithful}$"),
              ("2  critic", r"BCE: $D(\hat y)$ -> generated, $D(y)$ -> real"),
              ("3  GAN", f"{gw[0]:g} x adversarial + {gw[1]:g} x " + r"$L_{pix}$  ->  $\theta_{GAN}$"),
-             ("4  polish", r"$|\hat y - \hat y_{3}|_1$ + " + f"{desc['polish_lattice']:g}" + r" x lattice  ->  $\theta_{GAN}$"),
+             ("4  polish", r"$|\hat y - \hat y_{3}|_1$ + " + f"{desc['polish_lattice']:g}"
+              + r" x lattice  ->  $\theta_{GAN}$"),
              ("", "each scale trains its own run of the four stages")]
     label(lx - 1, 22.0, "training stages and losses", fs=12.5, weight="bold", color=COLORS["loss"], ha="left")
     for k, (stage, text) in enumerate(lines):

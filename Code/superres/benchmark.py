@@ -238,7 +238,8 @@ def check_realesrgan(gpu: int = -1, timeout: float = 120) -> dict:
         raise EvaluationError(f"Real-ESRGAN did not load within {timeout:.0f} s ({realesrgan_backend(gpu)})") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
-        err = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[")]  # ncnn's device log
+        # what the child said, less ncnn's device log (its lines start with "[")
+        err = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[")]
         why = err[-1] if err else (f"the process died of signal {-proc.returncode}" if proc.returncode < 0
                                    else f"exit code {proc.returncode}")
         raise EvaluationError(f"the Real-ESRGAN peer cannot run ({realesrgan_backend(gpu)}: {why}); fix: "

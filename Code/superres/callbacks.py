@@ -151,7 +151,7 @@ class EMA(Callback):
     @torch.no_grad()
     def after_step(self):
         state = self.averaged().state_dict()
-        # one fused update for all float tensors (a per-tensor loop was ~5 ms a step on a GPU)
+        # one fused update for all float tensors (a per-tensor loop costs ~5 ms a step on a GPU)
         torch._foreach_lerp_([self.ema[k] for k in self.floats], [state[k].detach() for k in self.floats],
                              1 - self.decay)
         for k, v in state.items():

@@ -17,15 +17,11 @@ What it must not flag: smooth gradients and flat synthetic images, whose blocks 
 `input_kind` then tells two kinds of compressed input apart by their `sharpness` (mean |Laplacian| over mean
 |gradient| of the luma, which blur lowers): a sharp photo that was only JPEG-compressed ("jpeg"; the JPEG-trained
 faithful network restores it best), and a photo that was also blurred, resized and noised before it was sent on
-as a JPEG ("real", the usual case; the general faithful network does better there, by 0.3-0.4 dB). Calibration
-(`~/superres-runs/v4gpu/calib.py`, 154 training portraits at 512 px): of the compressed inputs, sharpness >= 1.7
-holds 97 % (x4) / 94 % (x2) of bicubic + JPEG q20-75 and 33 % / 37 % of the real-world chain
-(superres.degradations).
+as a JPEG ("real", the usual case; the general faithful network does better there).
 
-Calibration (`~/superres-runs/v6/dctq_check.py`, 120 training photos, x4-downscaled, JPEG at each quality):
-never compressed and qualities 85-95: none flagged; quality 75: 105/120; quality 40: 117/120 (the others too
-small: T91's photos give inputs of 30-60 px). On the evaluation sets: portraits512, Set5, Set14 and BSD100
-inputs: 0 flagged; portraits512_jpeg40: 55/55 at x4 and x2.
+The thresholds (STEP_FOR_JPEG_NETWORK, SHARP_JPEG) were set on training photos, JPEG-compressed at each quality
+and degraded by the real-world chain; the clean evaluation sets' inputs are never flagged, portraits512_jpeg40's
+always are (docs/decisions.md has the counts).
 """
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ class RealWorld:
         return Image.fromarray((lr * 255).round().astype(np.uint8))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RealWorld":
+    def from_dict(cls, d: dict) -> RealWorld:
         """The chain `to_dict` recorded (lists back to tuples; the descriptive keys dropped)."""
         def tup(v):
             return tuple(v) if isinstance(v, list) else v

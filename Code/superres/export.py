@@ -120,6 +120,7 @@ def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict 
 def quantize_and_compare(model: Generator, path: Path, inputs) -> float:
     """Store the ONNX file at `path` as int8; returns its mean |int8 - torch| over the first calibration inputs."""
     import onnxruntime as ort
+
     from .quantize import quantize_onnx
     quantize_onnx(path, inputs)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -246,7 +247,7 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
 
 
 REAL_GAN_USE = ("in place of the GAN network when the input shows JPEG quantisation of IJG quality ~75 or lower "
-                "(superres.compression.input_kind: 'jpeg' or 'real')")
+                "and is soft (superres.compression.input_kind 'real')")
 
 
 def real_gan(run_dir: Path, int8_data: str | None):

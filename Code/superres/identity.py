@@ -76,7 +76,7 @@ class FaceIdentity:
         boxes, scores, _ = self.detector.run(rgb, UPSAMPLE, 0.0)
         if len(boxes) == 0:
             return None
-        b = max(zip(scores, range(len(boxes))), key=lambda t: t[0])[1]
+        b = max(range(len(boxes)), key=lambda i: scores[i])   # the most confident face
         r = boxes[b]
         box = (r.left(), r.top(), r.right(), r.bottom())
         return Face(box, self.descriptor(rgb, box))

@@ -7,18 +7,17 @@ Real-ESRGAN's `RealESRGANer`:
 * each scale (x4, x2) has its own generator, which works at the input's size and ends in a PixelShuffle;
 * `strength` blends the *outputs* of that scale's faithful and GAN generators, (1 - s) * faithful(x) +
   s * gan(x), with s rounded to 0.05 (the slider's step); at 0 or 1 only one network runs, in between both
-  do. (Before issue 9 the weights were blended, ESRGAN's network interpolation, at the cost of one network,
-  but the interpolated networks drew a grid that neither end has: on portraits512 x4 the lattice measure was
-  23.0 at s = 0.25 with interpolated weights and 7.9 with blended outputs; 6.0 and 8.4 at the ends.)
+  do. The outputs are blended, not the weights (ESRGAN's network interpolation, one network run): networks
+  interpolated weight by weight draw a grid that neither end has (docs/decisions.md);
 * a blend of a small image (one tile of at most `PAIR_MAX_PIXELS`) runs its two networks side by side, each on
-  half the threads (`_paired`): ONNX Runtime's convolutions gain only 1.6x from a second core, so two one-thread
-  runs at once beat two two-thread runs in turn (x4 256->1024 at the default strength, 2 cores: 0.38 s instead
-  of 0.46 s in `evaluate`). Larger images run them in turn, so their peak memory stays that of one tile run;
+  half the threads (`_paired`): ONNX Runtime's convolutions gain much less than twice from a second core, so
+  two one-thread runs at once beat two two-thread runs in turn. Larger images run them in turn, so their peak
+  memory stays that of one tile run;
 * the input's kind is read from its pixels before tiling (`superres.compression.input_kind`, up to a centred
   1024 px crop): "clean", "jpeg" (JPEG-compressed, otherwise sharp) or "real" (compressed and soft: blurred,
   resized, noised first). A scale may have two more networks for them: `xS_faithful_jpeg` (trained on JPEG inputs)
   stands in for the faithful network on "jpeg" inputs, `xS_gan_real` (trained on the real-world chain,
-  `superres.degradations`) for the GAN one on "jpeg" and "real" inputs; `jpeg=True/False` overrides the
+  `superres.degradations`) for the GAN one on "real" inputs; `jpeg=True/False` overrides the
   detection ("jpeg" / "clean");
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
@@ -32,17 +31,17 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+# The model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too.
 from . import DEFAULT_MODEL_DIR
 from .compression import input_kind
-# the model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too
 from .model_folder import KINDS, ModelError, read_card, verify_model_dir
 
 STRENGTH_STEP = 0.05
@@ -51,8 +50,8 @@ STRENGTH_STEP = 0.05
 MAX_NET_INPUT = 384
 DEFAULT_TILE_PAD = 32
 # Largest image (pixels, padded) whose blend runs its two networks side by side: a run's memory grows with its
-# input (x4 faithful network: 123 MB at 256x256, 283 MB at 384x384), so two runs of half the largest tile's
-# pixels need no more than one run of that tile (issue 8: x4 of 2000x2000 under 1 GB).
+# input, so two runs of half the largest tile's pixels need no more than one run of that tile, and the memory
+# budget (x4 of a 2000x2000 image under 1 GB) holds either way.
 PAIR_MAX_PIXELS = MAX_NET_INPUT ** 2 // 2
 TRIM_EVERY = 4        # tiles between two `_release_free_memory` calls
 
@@ -71,9 +70,9 @@ def _release_free_memory() -> None:
     """Hand the memory freed by the last tiles back to the OS (glibc's malloc_trim; elsewhere nothing).
 
     Why: glibc keeps freed tile-sized buffers (tens of MB) in its heap, where the next tiles' buffers do not always
-    fit, so over a big image the process kept growing: x4 of 2000x2000 (49 tiles) at a strength between 0 and 1,
-    two networks per tile, peaked at 880-1070 MB from run to run. Trimming after every TRIM_EVERY-th tile: 660-680
-    MB, for ~4 % more time (after every tile: 550-600 MB, ~12 %). An image of one tile never trims."""
+    fit, so over a big image the process kept growing. Trimming after every TRIM_EVERY-th tile keeps a big image's
+    peak near its working set for a few percent more time; trimming after every tile costs three times as much
+    (docs/decisions.md). An image of one tile never trims."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
@@ -155,13 +154,13 @@ class Enhancer:
     def networks(self, scale: int, strength: float, kind: str = "clean") -> list[tuple[float, ort.InferenceSession]]:
         """What the x`scale` output at `strength` (rounded to 0.05) is blended from: (weight, network) pairs,
         one network at 0 or 1, both in between, for an input of `kind` ("clean", "jpeg" or "real"; see
-        `input_kind`): the JPEG-trained faithful network for "jpeg", the real-world GAN for "jpeg" and "real",
-        where the scale has them."""
+        `input_kind`): the JPEG-trained faithful network for "jpeg", the real-world GAN for "real", where the scale
+        has them. (On sharp JPEG inputs the real-world GAN did worse than the general one: docs/decisions.md.)"""
         if kind not in ("clean", "jpeg", "real"):
             raise ValueError(f"kind must be clean, jpeg or real, got {kind!r}")
         s, nets = self.round_strength(strength), self._nets[int(scale)]
         faithful = nets.get("faithful_jpeg", nets["faithful"]) if kind == "jpeg" else nets["faithful"]
-        gan = nets.get("gan_real", nets["gan"]) if kind != "clean" else nets["gan"]
+        gan = nets.get("gan_real", nets["gan"]) if kind == "real" else nets["gan"]
         if s == 0.0:
             return [(1.0, faithful)]
         if s == 1.0:

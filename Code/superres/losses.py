@@ -56,7 +56,7 @@ class FeatureLoss(nn.Module):
     def forward(self, pred, target):
         pred, target = pred.float(), target.float()
         loss = F.l1_loss(pred, target)
-        for w, fp, ft in zip(self.wgts, self.features(pred), self.features(target)):
+        for w, fp, ft in zip(self.wgts, self.features(pred), self.features(target), strict=True):
             loss = loss + w * F.l1_loss(fp, ft) + w ** 2 * 5e3 * F.l1_loss(gram_matrix(fp), gram_matrix(ft))
         return loss
 
@@ -64,6 +64,7 @@ class FeatureLoss(nn.Module):
 def load_vgg16_bn():
     """torchvision's ImageNet VGG16_bn; a clear error (not a hang) where the weights can't be downloaded."""
     import socket
+
     from torchvision.models import vgg16_bn
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)
@@ -92,7 +93,7 @@ class WeightFreeLoss(nn.Module):
         loss = F.l1_loss(pred, target)
         gray_p, gray_t = pred.mean(1, keepdim=True), target.mean(1, keepdim=True)
         loss = loss + self.w_ssim * (1 - ssim(gray_p, gray_t).mean())
-        for gp, gt in zip(image_gradients(pred), image_gradients(target)):
+        for gp, gt in zip(image_gradients(pred), image_gradients(target), strict=True):
             loss = loss + self.w_grad * F.l1_loss(gp, gt)
         return loss
 
@@ -125,16 +126,15 @@ class LatticeLoss(nn.Module):
     """Grid cost: how much more the output's power spectrum peaks at the lattice frequencies (multiples of 1/8
     cycle per pixel, where a PixelShuffle or strided grid of period 2, 4 or 8 shows) than the target's does.
 
-    The differentiable counterpart of `superres.metrics.lattice` (issue 9), with the same prominence: mean power
+    The differentiable counterpart of `superres.metrics.lattice`, with the same prominence: mean power
     of the bin's 3x3 neighbourhood over the median of its 9x9 one, on luma under a Hann window. One-sided (only
     an excess costs), in log10: per image the mean over the 63 bins (a gradient for every bin) plus the worst bin
     (what the measure reports), averaged over the batch.
-    A first version compared the bins' raw power; it ranked bicubic (a lattice of 12 by the measure) as
-    cleaner than our faithful network (6), because bicubic has little high-frequency power anywhere.
+    Prominence, not raw power: by raw power bicubic, which has little high-frequency power anywhere, ranks as
+    cleaner than a network with a weaker grid.
 
-    Use it in the GAN stage (measured on a lent H200, 700 steps of bs 48, weight 0.03: the GAN's lattice fell from
-    39 to 8 at 0.25 dB). In the faithful stage it taught the network to hide the peaks in added noise (the
-    lattice rose 6 -> 10, and -2.4 dB at weight 0.1); with the floor detached, to blur everything (lattice 14-35)."""
+    Use it in the GAN stage only: in the faithful stage it teaches the network to hide the peaks in added noise,
+    and with the median floor detached from the gradient, to blur everything (docs/decisions.md)."""
     name = "lattice"
 
     def forward(self, pred, target):
@@ -194,13 +194,13 @@ def phase_offsets(x, period: int, sigma: float):
 class PolishLoss(nn.Module):
     """Stage 4, the lattice polish: L1 to the network's own output before the polish (a frozen copy) plus `weight`
     x LatticeLoss against the photo. The anchor keeps the texture the GAN stage learned, so the cheap way down the
-    lattice loss is to remove the grid peaks, not to add noise (issue 9; without an anchor the lattice loss made the
-    faithful network noisier: -0.28 dB in 8 CPU-minutes). Called as loss(pred, photo, before).
+    lattice loss is to remove the grid peaks, not to add noise (without an anchor the lattice loss makes the network
+    noisier). Called as loss(pred, photo, before).
 
     With `phase_sigma` > 0 the anchor is the frozen output with its locally periodic part (`phase_offsets`, period
     `period`) replaced by the photo's: the GAN network's 4-px dots along dark edges, which the whole-crop lattice
-    loss does not see (issue 9). Measured: it clears the dots but raises the whole-image lattice, since the photo's
-    periodic part, learnt as a mean given the low-resolution input, repeats with the input's grid.
+    loss does not see. It clears the dots but raises the whole-image lattice, since the photo's periodic part,
+    learnt as a mean given the low-resolution input, repeats with the input's grid; so it is off by default.
 
     With `strengths` other than (1,) the lattice term is the mean over those strengths s of the lattice loss of
     (1-s) faithful + s pred, the blends the app shows (called as loss(pred, photo, before, faithful)): a

@@ -84,8 +84,8 @@ def high_freq_ratio(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _power_spectrum(y: np.ndarray, side: int) -> np.ndarray:
     """|FFT|^2 of the centred `side` x `side` crop of a 2-D luma array, under a 2-D Hann window."""
     h, w = y.shape
-    t, l = (h - side) // 2, (w - side) // 2
-    crop = y[t:t + side, l:l + side].astype(np.float64)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = y[top:top + side, left:left + side].astype(np.float64)
     win = np.outer(np.hanning(side), np.hanning(side))
     return np.abs(np.fft.fft2((crop - crop.mean()) * win)) ** 2
 
@@ -124,7 +124,7 @@ def spectral_distance(out_y: np.ndarray, target_y: np.ndarray, scale: int, bands
     r = np.hypot(f[:, None], f[None, :])
     edges = np.linspace(0.5 / scale, 0.5, bands + 1)
     d = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         m = (r >= lo) & (r < hi)
         if m.any():
             d.append(abs(np.log10(max(po[m].mean(), 1e-20)) - np.log10(max(pt[m].mean(), 1e-20))))

@@ -9,7 +9,7 @@ A model folder holds, for each scale S it supports (4 and 2):
     xS_faithful_jpeg.onnx  (optional) a faithful network trained on JPEG-compressed inputs only; it stands in
                        for xS_faithful when the input is JPEG-compressed but sharp (`superres.compression.input_kind`)
     xS_gan_real.onnx   (optional) a GAN network trained on the real-world chain (superres.degradations); it
-                       stands in for xS_gan when the input is JPEG-compressed ("jpeg" or "real")
+                       stands in for xS_gan when the input is compressed and soft ("real")
     model_card.json    what they are, how they were trained, how well they do, their sha256
 """
 from __future__ import annotations
@@ -123,9 +123,11 @@ async def fetch_model(url: str, cache: Path, sha256_hex: str, max_bytes: int) ->
         with os.fdopen(fd, "wb") as f:
             async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
                 if resp.status != 200:
-                    raise ModelError(f"Could not download the model archive from {url}: HTTP {resp.status} {resp.reason}.")
+                    raise ModelError(f"Could not download the model archive from {url}: "
+                                     f"HTTP {resp.status} {resp.reason}.")
                 if (resp.content_length or 0) > max_bytes:
-                    raise ModelError(f"The model archive from {url} is {resp.content_length / 1e6:.0f} MB, over {limit}.")
+                    raise ModelError(f"The model archive from {url} is {resp.content_length / 1e6:.0f} MB, "
+                                     f"over {limit}.")
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     size += len(chunk)
                     if size > max_bytes:

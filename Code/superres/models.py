@@ -4,8 +4,7 @@ The generator is fastai's `DynamicUnet` on a ResNet encoder, as in fastai's supe
 (`blur`, `self_attention`, weight norm), but all of it runs at the *low-resolution* input's size:
 a trunk of ResBlocks at that size adds the fine detail, and an ICNR-initialised PixelShuffle head makes
 the x4 (or x2) output. The lesson upsampled with bicubic first and ran the U-Net at the output size,
-which costs ~16x more; our first version ran a second U-Net at twice the input size for x4 (1.0 of its
-1.3 s). The head is the fastai up-sampler step of both: a conv to 3*s*s channels and a PixelShuffle.
+which costs ~16x more at x4. The head is the fastai up-sampler step: a conv to 3*s*s channels and a PixelShuffle.
 """
 from __future__ import annotations
 
@@ -15,8 +14,17 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from fastai.layers import ResBlock, icnr_init
-from fastai.vision.all import (DynamicUnet, NormType, ConvLayer, create_body, imagenet_stats, resnet18, resnet34,
-                               xresnet18, xresnet34)
+from fastai.vision.all import (
+    ConvLayer,
+    DynamicUnet,
+    NormType,
+    create_body,
+    imagenet_stats,
+    resnet18,
+    resnet34,
+    xresnet18,
+    xresnet34,
+)
 from fastai.vision.gan import gan_critic
 from torch import nn
 
@@ -94,12 +102,12 @@ class UpscalePhases(nn.Module):
     phase, so that PixelShuffle(s) of it is the enlarged image (borders replicated, as PyTorch does). With
     `kernel="bicubic"` that equals F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False).
 
-    Why a conv: ONNX Runtime's cubic Resize took 63 % of the x4 generator's CPU time; this fixed grouped conv
+    Why a conv: ONNX Runtime's cubic Resize was most of the x4 generator's CPU time; this fixed grouped conv
     does the same arithmetic in a few milliseconds. Its kernel is a constant, not a parameter.
     Why Lanczos-4 (`--skip lanczos4`): bicubic leaks the photo's strong low frequencies into images at multiples
-    of 1/scale cycles/pixel, which the lattice measure reads as a grid (issue 9); Lanczos-4's flatter pass and stop
-    bands leak less. Each phase's taps are normalised to sum to 1, so flat areas stay flat. The shipped x4 faithful
-    network fine-tuned with it for 3.8 GPU-minutes: lattice 6.7 -> 6.2 on 20 portraits, +0.04 dB (not shipped)."""
+    of 1/scale cycles/pixel, which the lattice measure reads as a grid; Lanczos-4's flatter pass and stop bands
+    leak less. Each phase's taps are normalised to sum to 1, so flat areas stay flat. The shipped networks use
+    bicubic: a Lanczos-4 fine-tune gained too little to ship (docs/decisions.md)."""
 
     def __init__(self, scale: int, kernel: str = "bicubic"):
         super().__init__()
@@ -133,9 +141,9 @@ class Generator(nn.Module):
     H and W must divide by SIZE_MULTIPLE (the U-Net's total stride).
     """
 
-    def __init__(self, cfg: UnetConfig = UnetConfig(), pretrained: bool = False):
+    def __init__(self, cfg: UnetConfig | None = None, pretrained: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = UnetConfig() if cfg is None else cfg
         mean, std = imagenet_stats
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -163,7 +171,7 @@ class Generator(nn.Module):
         conv, shuffle = self.head
         # The head and the residual add stay in fp32 under bf16 autocast: bf16 steps are about one grey level
         # near white, too coarse for the loss to see a sub-grey 4-px sub-pixel pattern, which then grew in every
-        # bf16 fine-tune (issue 9: lattice 6 -> 22 in 12 min on the CPU; 7 in fp32).
+        # bf16 fine-tune (docs/decisions.md).
         with torch.autocast(x.device.type, enabled=False):
             return shuffle(conv(feats.float()) + self.skip(x.float()))
 
@@ -190,8 +198,8 @@ class HighPass(nn.Module):
     """x - blur(x), amplified: the detail a super-resolution network adds or misses.
 
     Why: on clean portraits a x2 output and the real photo differ by one or two grey levels. Fed raw images,
-    fastai's critic stayed at chance (BCE = ln 2 after 228 steps, even between bicubic and real); fed this
-    residual it told bicubic from real within 80 steps (loss 0.23)."""
+    fastai's critic stays at chance, even between bicubic and real; fed this residual it tells them apart
+    within a few dozen steps."""
 
     def __init__(self, gain: float = 8.0):
         super().__init__()
@@ -206,8 +214,8 @@ class ImageAndHighPass(nn.Module):
     """The image (scaled to [-1, 1]) stacked with its amplified high-pass: 6 channels.
 
     Why: a critic that sees only the high-pass cannot tell a bright halo beside a dark edge, or a dotted
-    texture on flat skin, from a real edge or real skin pores: each has the same high-pass energy. Issue 9
-    asks for a critic that also sees the image."""
+    texture on flat skin, from a real edge or real skin pores: each has the same high-pass energy; this one also
+    sees the image."""
 
     def __init__(self, gain: float = 8.0):
         super().__init__()

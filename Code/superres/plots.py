@@ -87,7 +87,7 @@ def plot_history(run_dir, stages=("generator", "critic", "gan")):
     logs = {s: Path(run_dir) / "logs" / f"{s}.csv" for s in stages}
     logs = {s: pd.read_csv(p) for s, p in logs.items() if p.exists()}
     fig, axes = plt.subplots(1, max(1, len(logs)), figsize=(4 * max(1, len(logs)), 3), squeeze=False)
-    for ax, (stage, df) in zip(axes[0], logs.items()):
+    for ax, (stage, df) in zip(axes[0], logs.items(), strict=False):   # one axis even without logs
         # fastai's GAN learner logs the critic's loss as train_loss; its gen_loss / crit_loss columns say more
         cols = ("gen_loss", "crit_loss") if "gen_loss" in df else ("train_loss", "valid_loss")
         for col in cols:
@@ -103,6 +103,7 @@ def score_table(dl, methods: dict, scale: int, border: int | None = None):
     """PSNR / SSIM (Y channel, `border` pixels shaved, default `scale`) over a DataLoader of (lr, hr) pairs,
     for bicubic and for each `methods` entry (name -> tuple of networks run in turn). Returns a DataFrame."""
     import pandas as pd
+
     from .metrics import psnr_y, ssim_y
     border = scale if border is None else border
     sums, count = {}, 0

@@ -1,18 +1,16 @@
 """int8 generators: ONNX Runtime's static quantisation of an exported ONNX file (`export --int8 FOLDERS`).
 
 The convolutions of the U-Net and the trunk compute in int8 (QDQ, weights per channel), which CPUs with VNNI run
-much faster. Measured on the shipped x4 faithful network, 2 CPU cores: 256->1024 in 0.048 s instead of 0.081 s,
-at -0.011 dB on portraits512 x4, -0.013 on its JPEG-40 twin, -0.011 on Set5 and -0.005 on Set14 (issue 8 allows
-0.05). Two choices keep the loss that small:
+much faster, for at most 0.05 dB of PSNR (the budget; docs/decisions.md has the measurements). Three choices keep
+the loss that small:
 * the fixed enlargement (`UpscalePhases`) and the head conv stay float32: they carry the image itself and the
-  final residual, where an int8 step (1/255 of their range) is a visible error (all convs in int8: -0.87 dB);
-* the calibration inputs are degraded the way training inputs are (blur, noise, JPEG): calibrated on clean
-  resized photos only, the JPEG-40 inputs lost 0.16 dB.
-The weights are quantised to 7 bits (`reduce_range`). Why: on x86 CPUs without VNNI (AVX2 only, e.g. AMD before
-Zen 4, older Intel) ONNX Runtime multiplies uint8 activations by int8 weights with
-VPMADDUBSW, which adds pairs of products in int16 and saturates when both are large. With 8-bit weights the
-shipped x4 faithful network lost 0.85 dB there (37.05 instead of 37.90 dB on 10 portraits512 x4, lattice 13.4
-instead of 7.0: a visible grid); 7-bit weights keep every sum in range.
+  final residual, where an int8 step (1/255 of their range) is a visible error;
+* the calibration inputs are degraded the way training inputs are (blur, noise, JPEG), so that compressed inputs
+  fall inside the calibrated ranges;
+* the weights are quantised to 7 bits (`reduce_range`): on x86 CPUs without VNNI (AVX2 only, e.g. AMD before
+  Zen 4, older Intel) ONNX Runtime multiplies uint8 activations by int8 weights with VPMADDUBSW, which adds pairs
+  of products in int16 and saturates when both are large (with 8-bit weights: a visible grid there); 7-bit
+  weights keep every sum in range.
 """
 from __future__ import annotations
 
@@ -46,8 +44,13 @@ def quantize_onnx(path: Path, inputs: list[np.ndarray]) -> None:
     """Rewrite the float ONNX generator at `path` as int8 (QDQ), calibrated on `inputs` (min/max ranges)."""
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
-        quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Inputs(CalibrationDataReader):
         def __init__(self):

@@ -38,8 +38,16 @@ from .evaluation_output import README_BEGIN, with_readme_results
 from .imaging import image_files
 from .latex import header, tex
 from .report_eval import consistency_files, eval_files, plan_files, samples_tex
-from .report_model import (MAIN_SCALE, NETWORKS_JSON, STAGES, arch_files, card_scale, degradation_source, model_files,
-                           networks_description)
+from .report_model import (
+    MAIN_SCALE,
+    NETWORKS_JSON,
+    STAGES,
+    arch_files,
+    card_scale,
+    degradation_source,
+    model_files,
+    networks_description,
+)
 from .results import PERCEPTUAL_TITLES, load_json, perceptual_key, task_rows, tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +86,7 @@ def training_curves(logs: dict, path: Path) -> bool:
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
     for ax in axes.flat[len(logs):]:
         ax.set_visible(False)
-    for ax, (stage, rows) in zip(axes.flat, logs.items()):
+    for ax, (stage, rows) in zip(axes.flat, logs.items(), strict=False):   # the grid's last row may have spare axes
         ep = [int(r["epoch"]) + 1 for r in rows]
         cols = ("gen_loss", "crit_loss") if "gen_loss" in rows[0] else ("train_loss", "valid_loss")
         for col in cols:
@@ -88,7 +96,7 @@ def training_curves(logs: dict, path: Path) -> bool:
         ax.set_xlabel("epoch", labelpad=1)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlim(0.5, max(ep) + 0.5)
-        metric = "psnr_y" if "psnr_y" in rows[0] else ("accuracy_thresh_expand" if "accuracy_thresh_expand" in rows[0] else None)
+        metric = next((m for m in ("psnr_y", "accuracy_thresh_expand") if m in rows[0]), None)
         if metric:
             ax2 = ax.twinx()
             ax2.grid(False)
@@ -117,9 +125,10 @@ def strength_figure(report: dict | None, path: Path) -> bool:
         return False
     plt = _plt()
     pk = perceptual_key(report["quality"])
-    metrics = [("psnr_y", "PSNR(Y) dB")] + ([(pk, PERCEPTUAL_TITLES.get(pk, pk))] if pk else []) + [("hf_ratio", "HF ratio")]
+    metrics = [("psnr_y", "PSNR(Y) dB"), *([(pk, PERCEPTUAL_TITLES.get(pk, pk))] if pk else []),
+               ("hf_ratio", "HF ratio")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 2.8), squeeze=False)
-    for ax, (k, title) in zip(axes[0], metrics):
+    for ax, (k, title) in zip(axes[0], metrics, strict=True):
         for i, (s, sc) in enumerate(panels):
             rows = task_rows(report, s, sc)
             ours = [r for r in rows if r["method"] == "ours"]
@@ -174,7 +183,8 @@ def snapshot_run(run_dir: Path, snap: Path, log=print) -> tuple[dict | None, dic
                 counts[{"data": "train", "valid": "valid"}[key]] = n
         if counts:
             (snap / "data_counts.json").write_text(json.dumps(counts) + "\n")
-        log(f"report: training record and logs of {run_dir} copied to {snap.relative_to(REPO) if snap.is_relative_to(REPO) else snap}")
+        where = snap.relative_to(REPO) if snap.is_relative_to(REPO) else snap
+        log(f"report: training record and logs of {run_dir} copied to {where}")
     record = load_json(snap / "record.json")
     counts = load_json(snap / "data_counts.json")
     return record, read_logs(snap / "logs"), counts
@@ -286,13 +296,16 @@ def build_pdf(tex_path: Path, log=print) -> Path:
 
 # ---- CLI -------------------------------------------------------------------------------------------
 def add_arguments(p):
-    p.add_argument("--evaluation", default=str(DEFAULT_EVALUATION), help="evaluation.json (python -m superres evaluate)")
-    p.add_argument("--model-dir", default=None, help="model folder with model_card.json (default: superres/default_model)")
+    p.add_argument("--evaluation", default=str(DEFAULT_EVALUATION),
+                   help="evaluation.json (python -m superres evaluate)")
+    p.add_argument("--model-dir", default=None,
+                   help="model folder with model_card.json (default: superres/default_model)")
     p.add_argument("--run", default="auto", help="training run folder (record.json, logs/); default: the runs/*/ "
                    "whose record matches the model card's stages, else the copy in Report/generated/run/")
     p.add_argument("--no-pdf", action="store_true", help="write the generated files only, run no LaTeX")
     p.add_argument("--measure", action="store_true", help="first remake Report/generated/networks.json and "
-                   "degradations.png with torch (after `export`); without it the report imports neither torch nor fastai")
+                   "degradations.png with torch (after `export`); without it the report imports neither torch "
+                   "nor fastai")
     p.add_argument("--docs", default=",".join(DOCS), help="which PDFs to build: " + ",".join(DOCS))
 
 

@@ -6,8 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from .latex import NOT_MEASURED, define, header, num, tex
-from .results import (DISPLAY, FACE_SETS, IDENTITY, LOWER_IS_BETTER, PERCEPTUAL_TITLES, check_targets, credit,
-                      perceptual_key, set_title, task_rows, tasks)
+from .results import (
+    DISPLAY,
+    FACE_SETS,
+    IDENTITY,
+    LOWER_IS_BETTER,
+    PERCEPTUAL_TITLES,
+    check_targets,
+    credit,
+    perceptual_key,
+    set_title,
+    task_rows,
+    tasks,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,8 +113,9 @@ def _range(v) -> str:
 def _round_tex(r: dict, sigma_note: str = "") -> str:
     up, down, keep = r["resize_probs"]
     return (f"blur with probability {r['blur_prob']:g} ($\\sigma$ {_range(r['blur_sigma'])}{sigma_note}, Gaussian or "
-            f"generalised Gaussian, isotropic or not), a resize (up / down / kept with probabilities {up:g} / {down:g} / "
-            f"{keep:g}, factor {_range(r['resize_range'])}), noise with probability {r['noise_prob']:g} (Gaussian, "
+            "generalised Gaussian, isotropic or not), a resize (up / down / kept with probabilities "
+            f"{up:g} / {down:g} / {keep:g}, factor {_range(r['resize_range'])}), "
+            f"noise with probability {r['noise_prob']:g} (Gaussian, "
             f"$\\sigma$ {_range(r['noise_sigma'])} grey levels, or Poisson $\\times${_range(r['poisson_scale'])}; "
             f"{r['gray_noise_prob'] * 100:.0f}\\,\\% luma only) and JPEG with probability {r['jpeg_prob']:g} (quality "
             f"{_range(r['jpeg_quality'])})")
@@ -120,14 +132,15 @@ def realworld_tex(report: dict) -> str:
     d = next(iter(next(iter(deg.values())).values()))
     first = _round_tex(d["first"], " high-resolution pixels at $\\times4$")
     out = [f"The real-world sets ({sets}) take the high-resolution images of the clean sets and degrade each once by "
-           f"the real-world chain training uses (\\texttt{{RealWorld}} in \\texttt{{superres.degradations}}), seeded by the file name so that "
-           f"every run sees the same inputs. Round 1: {first}. "
+           "the real-world chain training uses (\\texttt{RealWorld} in \\texttt{superres.degradations}), seeded by "
+           f"the file name so that every run sees the same inputs. Round 1: {first}. "
            f"Round 2, with probability {d['second_prob']:g}: {_round_tex(d['second'])}. Then a resize to the "
            f"low-resolution size (area, bilinear or bicubic) and JPEG at a quality in [{_range(d['final_jpeg'])}]."]
     gan = report.get("realesrgan")
     if gan:
         n = sum(len(v) for v in gan.get("images", {}).values())
-        out.append(f"Real-ESRGAN ({tex(gan['model'])}, {tex(gan['backend'])}; $\\times2$ is {tex(gan['x2']).replace('--', '-{}-')}) ran on "
+        x2 = tex(gan['x2']).replace('--', '-{}-')
+        out.append(f"Real-ESRGAN ({tex(gan['model'])}, {tex(gan['backend'])}; $\\times2$ is {x2}) ran on "
                    + (f"at most {gan['limit']} images of each real-world set and scale (the sample faces and an even "
                       "spread)" if gan.get("limit") else "every image of the real-world sets")
                    + f", {n} in all, at {gan['cpu_seconds_per_image']:.1f} CPU-seconds per image.")
@@ -170,7 +183,8 @@ def targets_tabular(targets: list[dict], measured: bool = True) -> str:
     for t in targets:
         if measured:
             met = {True: "yes", False: "\\textbf{no}", None: NOT_MEASURED}[t.get("passed")]
-            out.append(f"{tex(t['description'])} & {num(t.get('measured'), 2)} & {num(t.get('required'), 2)} & {met} \\\\")
+            out.append(f"{tex(t['description'])} & {num(t.get('measured'), 2)} & {num(t.get('required'), 2)} & "
+                       f"{met} \\\\")
         else:
             out.append(f"{tex(t['description'])} \\\\")
     out += ["\\bottomrule", "\\end{tabular}", ""]
@@ -189,7 +203,8 @@ def findings(report: dict, short: bool = False) -> str:
         bic = bicubic_psnr(rows)
         parts = [] if short or bic is None else [f"bicubic {bic:.2f}\\,dB"]
         for r in rows:
-            if r["method"] == "ours" and r.get("strength") in (0.0, default_s, 1.0) or r["method"] in ("lapsrn", "realesrgan"):
+            if (r["method"] == "ours" and r.get("strength") in (0.0, default_s, 1.0)
+                    or r["method"] in ("lapsrn", "realesrgan")):
                 d = "" if delta_psnr(r, bic) is None else f" ({delta_psnr(r, bic):+.2f})"
                 parts.append(f"{method_label(r['method'], r.get('strength'))} {r['psnr_y']:.2f}\\,dB{d}")
         pk = perceptual_key(rows)
@@ -197,7 +212,8 @@ def findings(report: dict, short: bool = False) -> str:
         if pk and not short:
             pick = min if pk in LOWER_IS_BETTER else max
             b = pick(rows, key=lambda r: r[pk])
-            best = f"; best {PERCEPTUAL_TITLES.get(pk, tex(pk))}: {method_label(b['method'], b.get('strength'))} ({b[pk]:.4f})"
+            best = (f"; best {PERCEPTUAL_TITLES.get(pk, tex(pk))}: {method_label(b['method'], b.get('strength'))} "
+                    f"({b[pk]:.4f})")
         if parts:
             title = tex(set_title(set_name, caption=True))
             items.append(f"\\item {title} $\\times{scale}$: " + ", ".join(parts) + best + ".")
@@ -216,12 +232,14 @@ def eval_files(report: dict | None) -> dict[str, str]:
         files["eval_meta.tex"] = "\n".join(lookups)
         files["eval_findings.tex"] = header(src) + NOT_MEASURED + "\n"
         files["eval_findings_short.tex"] = header(src) + NOT_MEASURED + "\n"
-        files["eval_all_quality.tex"] = header(src) + "\\par\\notmeasured{} (no \\texttt{Code/results/evaluation.json} yet)\\par\n"
+        files["eval_all_quality.tex"] = (header(src) + "\\par\\notmeasured{} "
+                                         "(no \\texttt{Code/results/evaluation.json} yet)\\par\n")
         return files
     m = report.get("machine", {})
     card = report.get("model_card") or {}
     model = "no model" if not card else (
-        f"{tex(card.get('name'))}, exported {tex(card.get('created'))}, default strength {card.get('default_strength')}")
+        f"{tex(card.get('name'))}, exported {tex(card.get('created'))}, "
+        f"default strength {card.get('default_strength')}")
     lookups += ["\\evalavailabletrue",
                 f"\\renewcommand{{\\EvalCreated}}{{{tex(report.get('created', '?'))}}}",
                 f"\\renewcommand{{\\EvalCommand}}{{\\texttt{{{tex(report.get('command', '?'))}}}}}",
@@ -270,13 +288,15 @@ def eval_files(report: dict | None) -> dict[str, str]:
         files["eval_targets.tex"] = targets_tabular(report["targets"])
     lookups += ["\\makeatother", ""]
     files["eval_meta.tex"] = "\n".join(lookups)
-    files["eval_findings.tex"] = header(src) + "PSNR(Y), in brackets the difference to bicubic in dB.\n" + findings(report)
+    files["eval_findings.tex"] = (header(src) + "PSNR(Y), in brackets the difference to bicubic in dB.\n"
+                                  + findings(report))
     files["eval_findings_short.tex"] = header(src) + findings(report, short=True)
     if report.get("degradation"):     # Report/report.tex includes it where it exists
         files["eval_realworld.tex"] = header(src) + realworld_tex(report)
     allq = [header(src)]
     for set_name, scale in tasks(report):
-        narrow = ["\\setlength{\\tabcolsep}{4pt}"] if has_identity(task_rows(report, set_name, scale)) else []  # 9 columns
+        # 9 columns with identity
+        narrow = ["\\setlength{\\tabcolsep}{4pt}"] if has_identity(task_rows(report, set_name, scale)) else []
         allq += ["\\begin{table}[htbp]", "\\centering\\small", *narrow,
                  f"\\caption{{{quality_caption(report, set_name, scale)}}}",
                  f"\\label{{tab:{set_name}-x{scale}}}", f"\\input{{\\GenDir/eval_quality_{set_name}_x{scale}}}",
@@ -288,7 +308,7 @@ def eval_files(report: dict | None) -> dict[str, str]:
 
 
 def plan_files() -> dict[str, str]:
-    """The targets of the plan (issue 3), as `superres.results` checks them, without measurements."""
+    """The targets the model is held to, as `superres.results` checks them, without measurements (the plan)."""
     return {"plan_targets.tex": targets_tabular(check_targets([], [], 0.5), measured=False)}
 
 
@@ -300,7 +320,8 @@ def consistency_files(report: dict | None, card: dict | None, card_path: Path) -
         got = report["model_card"].get("sha256") or {}
         if want and got and want != got:
             note = ("\\textbf{Note:} the evaluation scored a model whose files differ from the shipped "
-                    f"\\texttt{{{tex(card_path.parent.name)}}} (sha256 mismatch); rerun \\texttt{{python -m superres evaluate}}.")
+                    f"\\texttt{{{tex(card_path.parent.name)}}} (sha256 mismatch); "
+                    "rerun \\texttt{python -m superres evaluate}.")
     if report and (report.get("model_card") or {}).get("untrained"):
         note += (" \\textbf{These evaluation numbers are of random-weight (untrained) networks: a check of the "
                  "pipeline, not results.}")
@@ -319,7 +340,8 @@ def samples_tex(samples_dir: Path, root: Path = REPO) -> str:
     def include(p: Path) -> str:
         stem = p.stem.replace("_x4", "").replace("_x2", "")
         p = p.resolve()
-        where = f"\\RepoRoot/{p.relative_to(root.resolve()).as_posix()}" if p.is_relative_to(root.resolve()) else p.as_posix()
+        inside = p.is_relative_to(root.resolve())
+        where = f"\\RepoRoot/{p.relative_to(root.resolve()).as_posix()}" if inside else p.as_posix()
         return (f"\\includegraphics[width=\\linewidth]{{{where}}}\\\\[-0.3ex]"
                 f"{{\\tiny {tex(stem)}: {credit(stem, latex=True)}}}\\\\[0.8ex]")
     clean = [p for p in files if not p.stem.endswith("_real")]

@@ -60,7 +60,8 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
         lines.append(f"\\renewcommand{{\\ModelLoss}}{{{LOSS_NAMES.get(loss, tex(loss))}}}")
         lines.append(f"\\renewcommand{{\\ModelDefaultStrength}}{{{card.get('default_strength')}}}")
         tr = card_scale(card, "training")
-        lines.append(f"\\renewcommand{{\\ModelDevice}}{{{tex(tr.get('device', '?'))}{', bf16' if tr.get('bf16') else ''}}}")
+        device = tex(tr.get('device', '?')) + (", bf16" if tr.get("bf16") else "")
+        lines.append(f"\\renewcommand{{\\ModelDevice}}{{{device}}}")
         rows, total = [], 0.0
         for scale, stages in sorted((card.get("stages") or {}).items(), key=lambda kv: kv[0] != MAIN_SCALE):
             total += sum(s.get("wall_s", 0) for s in stages.values())
@@ -69,6 +70,10 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
         for scale, jpeg in sorted((card.get("jpeg_networks") or {}).items()):   # stage 1 only, fine-tuned
             total += jpeg["stages"]["generator"].get("wall_s", 0)
             rows.append(stage_row(f"{scale} JPEG", "generator", jpeg["stages"]["generator"], []))
+        for scale, real in sorted((card.get("real_networks") or {}).items()):   # all four stages, real-world chain
+            for name in STAGES:
+                total += (real["stages"].get(name) or {}).get("wall_s", 0)
+                rows.append(stage_row(f"{scale} real", name, real["stages"].get(name), []))
         lines.append(define("stage", "total@hours", f"{total / 3600:.1f}"))
         lines.append(define("stage", "total@minutes", f"{total / 60:.0f}"))
         files["model_stages.tex"] = "\n".join([
@@ -80,7 +85,8 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
             lines.append("\\renewcommand{\\ModelCreated}{random weights (untrained): no results}")
     for scale, d in recorded_degradations(card, record).items():
         for k, v in d.items():
-            val = ", ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
+            val = (", ".join(str(x) for x in v) if isinstance(v, (list, tuple))
+                   else f"{v:g}" if isinstance(v, float) else str(v))
             lines.append(define("deg" if scale == MAIN_SCALE else "deg" + scale, k, tex(val)))
     cfg = (record or {}).get("config") or {}    # without a record, \trainq says "not yet measured"
     if record:
@@ -124,20 +130,28 @@ def arch_files(desc: dict) -> dict[str, str]:
     src = "the networks built by superres.models (" + desc["source"] + ")"
     rows = []
     for lvl in gen["encoder"]:
-        rows.append(f"encoder & {tex(' + '.join(lvl['parts']))} & {lvl['channels']} & {lvl['res']} & {_fmt_params(lvl['params'])} \\\\")
-    rows.append(f"middle & 2 conv $3{{\\times}}3$ & {gen['middle_channels']} & {gen['encoder'][-1]['res']} & {_fmt_params(gen['middle_params'])} \\\\")
+        rows.append(f"encoder & {tex(' + '.join(lvl['parts']))} & {lvl['channels']} & {lvl['res']} & "
+                    f"{_fmt_params(lvl['params'])} \\\\")
+    rows.append(f"middle & 2 conv $3{{\\times}}3$ & {gen['middle_channels']} & {gen['encoder'][-1]['res']} & "
+                f"{_fmt_params(gen['middle_params'])} \\\\")
     for b in gen["decoder"]:
         sa = " + self-attention" if b["self_attention"] else ""
-        rows.append(f"decoder & UnetBlock (PixelShuffle ICNR{sa}) & {b['channels']} & {b['res']} & {_fmt_params(b['params'])} \\\\")
+        rows.append(f"decoder & UnetBlock (PixelShuffle ICNR{sa}) & {b['channels']} & {b['res']} & "
+                    f"{_fmt_params(b['params'])} \\\\")
     fin = gen["final"]
-    rows.append(f"decoder & {'PixelShuffle ICNR, ' if fin['pixel_shuffle'] else ''}$1{{\\times}}1$ conv & {fin['channels']} & {fin['res']} & {_fmt_params(fin['params'])} \\\\")
+    rows.append(f"decoder & {'PixelShuffle ICNR, ' if fin['pixel_shuffle'] else ''}$1{{\\times}}1$ conv & "
+                f"{fin['channels']} & {fin['res']} & {_fmt_params(fin['params'])} \\\\")
     tr, hd = gen["trunk"], gen["head"]
-    rows.append(f"stem & conv $3{{\\times}}3$ of the input & {tr['channels']} & H & {_fmt_params(gen['stem_params'])} \\\\")
+    rows.append(f"stem & conv $3{{\\times}}3$ of the input & {tr['channels']} & H & "
+                f"{_fmt_params(gen['stem_params'])} \\\\")
     rows.append(f"trunk & {tr['blocks']} ResBlocks & {tr['channels']} & H & {_fmt_params(tr['params'])} \\\\")
-    rows.append(f"head & conv $3{{\\times}}3$ + PixelShuffle $\\times{hd['scale']}$ (ICNR) & 3 & {hd['scale']}H & {_fmt_params(hd['params'])} \\\\")
-    table = [header(src), "\\begin{tabular}{lllrr}", "\\toprule", "Part & Layers & channels & resolution & parameters \\\\",
-             "\\midrule", *rows, "\\midrule", f"\\multicolumn{{4}}{{l}}{{$\\times{cfg['scale']}$ generator total}} & {_fmt_params(gen['params'])} \\\\",
-             f"\\multicolumn{{4}}{{l}}{{$\\times2$ generator total (same design)}} & {_fmt_params(gen2['params'])} \\\\",
+    rows.append(f"head & conv $3{{\\times}}3$ + PixelShuffle $\\times{hd['scale']}$ (ICNR) & 3 & {hd['scale']}H & "
+                f"{_fmt_params(hd['params'])} \\\\")
+    table = [header(src), "\\begin{tabular}{lllrr}", "\\toprule",
+             "Part & Layers & channels & resolution & parameters \\\\", "\\midrule", *rows, "\\midrule",
+             f"\\multicolumn{{4}}{{l}}{{$\\times{cfg['scale']}$ generator total}} & {_fmt_params(gen['params'])} \\\\",
+             f"\\multicolumn{{4}}{{l}}{{$\\times2$ generator total (same design)}} & "
+             f"{_fmt_params(gen2['params'])} \\\\",
              f"\\multicolumn{{4}}{{l}}{{critic total}} & {_fmt_params(critic['params'])} \\\\",
              "\\bottomrule", "\\end{tabular}", ""]
     strided = [c for c in critic["convs"] if c["stride"] == 2]
@@ -151,7 +165,7 @@ def arch_files(desc: dict) -> dict[str, str]:
               f"\\renewcommand{{\\ArchCriticParams}}{{{_fmt_params(critic['params'])}}}",
               f"\\renewcommand{{\\ArchCriticNf}}{{{critic['nf']}}}",
               f"\\renewcommand{{\\ArchCriticStrided}}{{{len(strided)}}}",
-              f"\\renewcommand{{\\ArchEncoderChannels}}{{{', '.join(str(l['channels']) for l in gen['encoder'])}}}",
+              f"\\renewcommand{{\\ArchEncoderChannels}}{{{', '.join(str(lvl['channels']) for lvl in gen['encoder'])}}}",
               f"\\renewcommand{{\\ArchDecoderChannels}}{{{', '.join(str(b['channels']) for b in gen['decoder'])}}}",
               f"\\renewcommand{{\\ArchSource}}{{{tex(desc['source'])}}}",
               f"\\renewcommand{{\\GanWeights}}{{{' and '.join(f'{w:g}' for w in desc['gan_weights'])}}}",

@@ -32,6 +32,7 @@ def degradation_figure(card: dict | None, record: dict | None, path: Path, plt) 
     report_model.degradation_source says which) on matplotlib's Grace Hopper photo."""
     import matplotlib.cbook as cbook
     from PIL import Image
+
     from .data import Degradation
     from .plots import show_degradations
     rec = recorded_degradations(card, record).get(MAIN_SCALE)

@@ -10,8 +10,8 @@ identity|null, identity_faces, identity_missed, bicubic_same_images{psnr_y, iden
 speed[{method, strength|null, options, input, output, scale, runs, seconds_per_image, min_seconds,
 megapixels_per_s, load_seconds, peak_rss_mb}], targets[{id, description, measured, required, passed|null}],
 input_kinds{"<set> x<scale>": {clean, jpeg, real: inputs the Enhancer read as that kind}} (where a model is
-evaluated; only the scales that have networks for compressed inputs), degradation{"<set>": {"<scale>": the chain's ranges
-(superres.degradations.RealWorld.to_dict), seed}} (the real-world sets evaluated), identity{how it is measured}
+evaluated; only the scales that have networks for compressed inputs), degradation{"<set>": {"<scale>": the chain's
+ranges (superres.degradations.RealWorld.to_dict), seed}} (the real-world sets evaluated), identity{how it is measured}
 (where a face set is evaluated), realesrgan{model, backend, x2, limit, images, cpu_seconds_per_image} (where it
 ran)}.
 identity is the mean over the images whose target shows a face (identity_faces of them; identity_missed had
@@ -136,7 +136,7 @@ def perceptual_key(rows) -> str | None:
     return None
 
 
-# ---- targets of issue 3 (the JPEG one is checked at the model card's default strength) ------------
+# ---- the targets the model is held to (the JPEG one is checked at the model card's default strength) --------
 BICUBIC_GAIN_CLEAN = 2.0
 BICUBIC_GAIN_JPEG = 1.5
 SET5_X4_PSNR = 30.72
@@ -185,7 +185,7 @@ def check_targets(quality, speed, default_strength=0.5) -> list[dict]:
     p1 = None if r1 is None else r1["psnr_y"]
     out.append(target("psnr_s1_above_bicubic", "portraits512 x4, strength 1: PSNR(Y) > bicubic", p1, bic,
                       p1 is not None and bic is not None and p1 > bic))
-    # a GAN that looks real (issue 9): no grid at any strength, the photo's own detail spectrum at strength 1
+    # a GAN that looks real: no grid at any strength, the photo's own detail spectrum at strength 1
     ours4 = [r for r in quality if (r["set"], r["scale"], r["method"]) == ("portraits512", 4, "ours")
              and r.get("lattice") is not None]
     worst = max(ours4, key=lambda r: r["lattice"], default=None)

@@ -24,6 +24,7 @@ def score(out: np.ndarray, hr, scale: int) -> dict:
     """All scores of one output against its HR (an array or a tensor from `to_tensor`), both cropped to
     the same size; `scale` pixels are shaved on each side."""
     import piq
+
     from .metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim_y
     y = hr if not isinstance(hr, np.ndarray) else to_tensor(hr)
     h, w = min(out.shape[0], y.shape[2]), min(out.shape[1], y.shape[3])
@@ -137,7 +138,7 @@ def evaluate_quality(data_root, tasks, method_names, strengths, model_dir=None, 
     init = (method_names, strengths, str(data_root), str(model_dir) if model_dir else None, int(realesrgan_gpu))
 
     def consume(results):
-        for (set_name, scale, path, *_), (rows, c, k) in zip(work, results):
+        for (set_name, scale, path, *_), (rows, c, k) in zip(work, results, strict=True):
             per_image.extend(rows)
             for key, v in c.items():
                 cpu[key] += v
@@ -197,7 +198,8 @@ def aggregate(per_image: list[dict]) -> list[dict]:
         if method != "bicubic" and 0 < len(rs) < len(bic):
             names = {r["image"] for r in rs}
             same = [b for b in bic if b["image"] in names]
-            row["bicubic_same_images"] = {"psnr_y": round(float(np.mean([b["psnr_y"] for b in same])), DIGITS["psnr_y"]),
+            row["bicubic_same_images"] = {"psnr_y": round(float(np.mean([b["psnr_y"] for b in same])),
+                                                          DIGITS["psnr_y"]),
                                           IDENTITY: _identity(same)[IDENTITY] if set_name in FACE_SETS else None}
         rows.append(row)
     return rows

@@ -49,29 +49,40 @@ def load_webapp():
     return module
 
 
-def add_arguments(p):
-    p.add_argument("--host", default=os.environ.get("HOST") or "0.0.0.0", help="address (default: $HOST or 0.0.0.0)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000), help="port (default: $PORT or 5000)")
-    p.add_argument("--model-dir", default=None, help="model folder (default: $MODEL_DIR or the shipped models)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-
-
-def run(args) -> int:
+def load_settings(args):
+    """What `serve` and `worker` start from: logging at --log-level, the web app (`load_webapp`) and its `Settings`
+    from the environment, with --model-dir over MODEL_DIR. None, the reason printed, where the web app is missing
+    or a setting is wrong."""
     import logging
-
-    import uvicorn
-
-    from .inference import ModelError
-    from .jobs import Unavailable
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
         webapp = load_webapp()
         settings = webapp.Settings.from_env()
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return None
     if args.model_dir:
         settings.model_dir = Path(args.model_dir)
+    return webapp, settings
+
+
+def add_arguments(p):
+    p.add_argument("--host", default=os.environ.get("HOST") or "0.0.0.0", help="address (default: $HOST or 0.0.0.0)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000),
+                   help="port (default: $PORT or 5000)")
+    p.add_argument("--model-dir", default=None, help="model folder (default: $MODEL_DIR or the shipped models)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from .inference import ModelError
+    from .jobs import Unavailable
+    loaded = load_settings(args)
+    if loaded is None:
+        return 2
+    webapp, settings = loaded
     conn = None
     if settings.redis_url:
         from . import redis_jobs

@@ -33,21 +33,28 @@ from fastai.distributed import rank0_first
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import distrib_barrier, num_distrib
-from fastai.vision.gan import (AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminativeLR, GANLearner,
-                               accuracy_thresh_expand)
+from fastai.vision.gan import AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminativeLR, GANLearner, accuracy_thresh_expand
 from torch import nn
 
-from .callbacks import (EMA, CPUSpeedup, CudaSpeedup, EpochCheckpoint, FrozenOutput, GeneratedVsReal,
-                        ResumableCSVLogger, StepTimer, TimeBudget)
+from .callbacks import (
+    EMA,
+    CPUSpeedup,
+    CudaSpeedup,
+    EpochCheckpoint,
+    FrozenOutput,
+    GeneratedVsReal,
+    ResumableCSVLogger,
+    StepTimer,
+    TimeBudget,
+)
 from .data import Degradation, sr_dataloaders
 from .degradations import RealWorld
 from .distributed import ddp, init_distributed, is_main
 from .losses import PolishLoss, WithLattice, make_loss
 from .metrics import psnr_y, ssim_y
+from .model_folder import STAGES  # the stage names, in the order the model card records them
 from .models import CRITIC_INPUTS, Generator, UnetConfig, load_network, make_critic, n_params, save_network
 from .options import add_options, from_options, option
-
-from .model_folder import STAGES  # the stage names, in the order the model card records them
 
 
 def minutes_option(stage: str, epochs_flag: str):
@@ -115,8 +122,8 @@ class TrainConfig:
     noise_prob: float = option(0.5, help="share of Gaussian noise among the degraded inputs")
     loss: str = option("auto", choices=["auto", "feature", "weightfree", "mse"],
                        help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
-                            "L1 + SSIM + image gradients, mse = pixel MSE (what PSNR measures: a last fine-tuning at a low "
-                            "LR), auto = feature if the weights can be had, else weightfree")
+                            "L1 + SSIM + image gradients, mse = pixel MSE (what PSNR measures: a last fine-tuning at a "
+                            "low LR), auto = feature if the weights can be had, else weightfree")
     pretrained: bool = option(False, help="ImageNet encoder weights (needs internet; default: random init)")
     init: str | None = option(None, help="start the generator from this checkpoint (fine-tuning; its architecture, "
                                          "except --skip, which has no weights; default: from scratch)")
@@ -197,7 +204,7 @@ class Run:
         self.record["stages"][name] = {
             "epochs": extra.pop("epochs"), "wall_s": round(time.time() - started, 1),
             "steps": len(times), "s_per_step": round(sum(times[2:]) / (len(times) - 2), 3) if len(times) > 2 else None,
-            "valid": {k: float(v) for k, v in zip(names, res) if v is not None}, **extra}
+            "valid": {k: float(v) for k, v in zip(names, res, strict=False) if v is not None}, **extra}
         self.save_record()
         print(f"[{name}] done: {self.record['stages'][name]}")
 
@@ -240,7 +247,7 @@ def train_generator(run: Run, dls, loss_func) -> Generator:
         model = load_network(cfg.init)
         if model.cfg.scale != cfg.scale:
             raise ValueError(f"--init {cfg.init} is a x{model.cfg.scale} generator, not x{cfg.scale}")
-        if model.cfg.skip != cfg.generator.skip:   # it has no weights: the residual learns the new one (issue 9)
+        if model.cfg.skip != cfg.generator.skip:   # it has no weights: the residual learns the new one
             print(f"[superres] --init {cfg.init}: its {model.cfg.skip} skip becomes {cfg.generator.skip} (--skip)")
             model.set_skip(cfg.generator.skip)
     else:
@@ -295,7 +302,7 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     started = time.time()
     gen = Generator(generator.cfg)
     gen.load_state_dict(generator.state_dict())
-    if cfg.lattice_weight:   # GAN stage only: in the faithful stage it taught the network to add noise (issue 9)
+    if cfg.lattice_weight:   # GAN stage only: in the faithful stage it teaches the network to add noise
         loss_func = WithLattice(loss_func, cfg.lattice_weight)
     learn_gen = run.learner(dls, gen, loss_func, bf16=False)
     learn_crit = critic_learner(run, dls)
@@ -324,9 +331,9 @@ def photo_only(metric):
 def polish(run: Run, dls) -> Generator:
     """Stage 4: the lattice polish. The GAN generator is fine-tuned against its own output before the polish (L1
     to a frozen copy, which keeps its texture) plus the lattice loss against the photo, in fp32. Why: the GAN
-    stage's lattice loss alone left a 2-px column pattern (x4 lattice 8.3 at strength 1, 7.2-8.0 in between); 6
-    epochs of this stage (13 CPU-minutes) took it to 4.4-4.5 at every strength above 0 for 0.23 dB at strength 1;
-    longer cost more PSNR without lowering it further (issue 9)."""
+    stage's lattice loss alone leaves a 2-px column pattern; a few epochs of this stage remove it at every
+    strength above 0 for a fraction of a dB, and more epochs cost PSNR without lowering it further
+    (docs/decisions.md)."""
     cfg, out, src = run.cfg, run.ckpt("generator_polished.pt"), run.ckpt("generator_gan.pt")
     if out.exists():
         return load_network(out)

@@ -13,13 +13,11 @@ start: one line and exit 2; lost later: the worker waits for it. The queue itsel
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 
 def add_arguments(p):
@@ -32,14 +30,11 @@ def run(args) -> int:
     from . import redis_jobs
     from .inference import ModelError, available_cores
     from .jobs import Unavailable
-    from .serve import load_webapp
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    try:
-        webapp = load_webapp()
-        settings = webapp.Settings.from_env()          # the web app's settings: the same environment variables
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    from .serve import load_settings
+    loaded = load_settings(args)     # the web app's settings: the same environment variables
+    if loaded is None:
         return 2
+    webapp, settings = loaded
     if not settings.redis_url:
         print("error: set REDIS_URL (e.g. redis://127.0.0.1:6379/0): a worker takes its jobs from Redis",
               file=sys.stderr)
@@ -48,8 +43,6 @@ def run(args) -> int:
     if n < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.model_dir:
-        settings.model_dir = Path(args.model_dir)
     try:
         conn = redis_jobs.connect(settings.redis_url)
         if n > 1:

@@ -1,4 +1,4 @@
-"""`python -m superres train --help` explains every option and its default (issue 12)."""
+"""`python -m superres train --help` explains every option and its default."""
 import re
 import subprocess
 import sys

@@ -88,4 +88,4 @@ def test_training_batches_are_degraded_on_the_device_and_validation_is_seeded(tm
     assert xv.shape == (2, 3, 16, 16)
     v1 = [b[0].clone() for b in dls.valid]
     v2 = [b[0].clone() for b in dls.valid]
-    assert all(torch.equal(a, b) for a, b in zip(v1, v2))
+    assert all(torch.equal(a, b) for a, b in zip(v1, v2, strict=True))

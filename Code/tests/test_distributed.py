@@ -45,7 +45,7 @@ def check_ranks_agree(steps0, steps1):
     """Same steps on both ranks, different photos in each step, the same weights after every step, and the same
     loss (the global batch's: the GAN switcher decides on it)."""
     assert steps0 and len(steps0) == len(steps1)
-    for a, b in zip(steps0, steps1):
+    for a, b in zip(steps0, steps1, strict=True):
         assert (a["fit"], a["epoch"], a["iter"], a["gen_mode"]) == (b["fit"], b["epoch"], b["iter"], b["gen_mode"])
         assert a["weights"] == b["weights"], f"weights differ across ranks after {a}"
         assert a["loss"] == b["loss"]
@@ -86,7 +86,8 @@ def test_two_processes_train_every_stage_in_step_then_resume(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "probe1", "run"]
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == sorted(
         ["record.json", "logs/generator.csv", "logs/critic.csv", "logs/gan.csv", "logs/polish.csv"]
-        + [f"checkpoints/{n}" for n in ("generator_faithful.pt", "critic.pt", "generator_gan.pt", "generator_polished.pt")]
+        + [f"checkpoints/{n}"
+           for n in ("generator_faithful.pt", "critic.pt", "generator_gan.pt", "generator_polished.pt")]
         + [f"checkpoints/{s}_last.{e}" for s in ("generator", "critic", "gan", "polish") for e in ("pth", "json")])
     record = json.loads((run / "record.json").read_text())
     assert record["processes"] == 2 and set(record["stages"]) == {"generator", "critic", "gan", "polish"}

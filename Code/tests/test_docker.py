@@ -1,8 +1,8 @@
 """The user's commands: `docker build -t srwebapp .` and `docker run -p 5000:5000 srwebapp`, then an HTTP enhance.
 
 Runs where a Docker engine answers (Code/ci_setup.sh starts one and builds a local python:3.11-slim stand-in
-when Docker Hub is unreachable); skips with the reason elsewhere, and fails under CI=true. The container runs detached (`-d`, not
-`-it`: tests have no TTY) on a free host port mapped to the container's 5000."""
+when Docker Hub is unreachable); skips with the reason elsewhere, and fails under CI=true. The container runs detached
+(`-d`, not `-it`: tests have no TTY) on a free host port mapped to the container's 5000."""
 import io
 import shutil
 import subprocess
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 def docker(*args, timeout=120, check=True) -> subprocess.CompletedProcess:
     res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     if check and res.returncode:
-        raise AssertionError(f"docker {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        raise AssertionError(f"docker {' '.join(args)} failed ({res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
 
 
@@ -83,7 +84,8 @@ def test_docker_run_and_enhance(built_image, untrained_model_dir):
             except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline or name not in docker("ps", "--format", "{{.Names}}").stdout:
-                raise AssertionError("the container did not come up:\n" + docker("logs", name, check=False).stderr[-3000:])
+                logs = docker("logs", name, check=False).stderr[-3000:]
+                raise AssertionError("the container did not come up:\n" + logs)
             time.sleep(0.5)
         assert "Portrait Super-Resolution" in httpx.get(base + "/").text
         buf = io.BytesIO()

@@ -77,7 +77,7 @@ def test_serving_modules_do_not_import_torch_or_onnx():
     assert res.returncode == 0, res.stderr
 
 
-# ---- files are never lost (issue 11) ------------------------------------------------------------------------
+# ---- files are never lost -----------------------------------------------------------------------------------
 def test_same_stem_in_one_folder_gives_two_outputs(untrained_model_dir, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -149,17 +149,20 @@ def test_ctrl_c_leaves_only_whole_files(untrained_model_dir, tmp_path):
 
 
 def test_webp_lossless_by_default_and_quality(untrained_model_dir, photos, tmp_path):
-    """--ext webp is lossless (the PNG's pixels); -q makes WebP and JPEG lossy at that quality (issue 12)."""
+    """--ext webp is lossless (the PNG's pixels); -q makes WebP and JPEG lossy at that quality."""
     import numpy as np
-    runs = {"png": (), "webp": ("--ext", "webp"), "webp_q": ("--ext", "webp", "-q", "60"), "jpg_q": ("--ext", "jpg", "-q", "40")}
+    runs = {"png": (), "webp": ("--ext", "webp"), "webp_q": ("--ext", "webp", "-q", "60"),
+            "jpg_q": ("--ext", "jpg", "-q", "40")}
     outs = {}
     for name, extra in runs.items():
-        res = enhance("-i", photos / "astro.png", "-o", tmp_path / name, "-s", "2", *extra, "--model-dir", untrained_model_dir)
+        res = enhance("-i", photos / "astro.png", "-o", tmp_path / name, "-s", "2", *extra,
+                      "--model-dir", untrained_model_dir)
         assert res.returncode == 0, res.stderr
         outs[name] = next((tmp_path / name).iterdir())
     pixels = {k: np.asarray(Image.open(p).convert("RGB")).astype(int) for k, p in outs.items()}
     assert np.array_equal(pixels["webp"], pixels["png"])
-    assert 0 < np.abs(pixels["webp_q"] - pixels["png"]).mean() < 8 and 0 < np.abs(pixels["jpg_q"] - pixels["png"]).mean() < 8
+    assert 0 < np.abs(pixels["webp_q"] - pixels["png"]).mean() < 8
+    assert 0 < np.abs(pixels["jpg_q"] - pixels["png"]).mean() < 8
     res = enhance("-i", photos / "astro.png", "-o", tmp_path / "bad", "-q", "0", "--model-dir", untrained_model_dir)
     assert res.returncode == 2 and "--quality" in res.stderr
 
@@ -167,6 +170,7 @@ def test_webp_lossless_by_default_and_quality(untrained_model_dir, photos, tmp_p
 def test_jpeg_network_auto_yes_no(tmp_path):
     """--jpeg auto picks the JPEG-trained network for a compressed input; yes/no force it either way."""
     import numpy as np
+
     from superres.export import export_untrained
     export_untrained(tmp_path / "model", scales=(2,), jpeg_scales=(2,))
     astronaut().resize((128, 128), Image.LANCZOS).save(tmp_path / "q40.jpg", quality=40)
@@ -179,4 +183,4 @@ def test_jpeg_network_auto_yes_no(tmp_path):
     assert np.array_equal(outs["auto"], outs["yes"]) and not np.array_equal(outs["yes"], outs["no"])
     assert enhance("-i", tmp_path / "q40.jpg", "-o", tmp_path, "--jpeg", "maybe").returncode == 2
     res = enhance("-i", tmp_path / "q40.jpg", "-o", tmp_path / "x4", "--jpeg", "yes", "--model-dir", tmp_path / "model")
-    assert res.returncode == 2 and "no JPEG network for x4" in res.stderr   # the folder has x2 only
+    assert res.returncode == 2 and "no network for compressed inputs at x4" in res.stderr   # the folder has x2 only

@@ -18,10 +18,10 @@ from conftest import REPO, SHARED_DATA, astronaut, require
 from superres import evaluate as ev
 from superres import evaluation_output as eo
 from superres import results
-from superres.benchmark import make_lr
-from superres.timing import measure_speed
 from superres.__main__ import main
+from superres.benchmark import make_lr
 from superres.metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim, ssim_y
+from superres.timing import measure_speed
 
 
 def const(rgb, h=32, w=32):
@@ -80,7 +80,8 @@ def test_separable_ssim_equals_the_11x11_window():
     saa, sbb = F.conv2d(a * a, w) - mu_a ** 2, F.conv2d(b * b, w) - mu_b ** 2
     sab = F.conv2d(a * b, w) - mu_a * mu_b
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    ref = (((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))).mean((1, 2, 3))
+    ref = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    ref = ref.mean((1, 2, 3))
     assert torch.allclose(ssim(a, b), ref, atol=1e-5)
 
 
@@ -139,7 +140,8 @@ def test_targets_and_markdown_from_rows():
               "targets": list(t.values()), "model_card": None,
               "machine": {"cpu": "cpu", "cores": 2, "loadavg_start": 0.1}}
     md = eo.markdown_report(report)
-    assert "| Ours (s=0) | 36.50 | 2.50 |" in md and "not measured" in md and "| LapSRN | ×4 | 1024x1024 | 2.800 |" in md
+    assert "| Ours (s=0) | 36.50 | 2.50 |" in md and "not measured" in md
+    assert "| LapSRN | ×4 | 1024x1024 | 2.800 |" in md
     rows = eo.quality_table(report, "portraits512", 4)
     assert [r["label"] for r in rows] == ["Bicubic", "Ours (s=0)", "Ours (s=1)"]
 
@@ -206,7 +208,8 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert {"cpu", "cores", "threads"} <= set(report["machine"])
     card = json.loads((untrained_model_dir / "model_card.json").read_text())
     assert report["model_card"]["sha256"] == card["sha256"] and report["model_card"]["untrained"] is True
-    assert report["speed"] == [] and report["input_kinds"] == {}   # the untrained folder has no network for compressed inputs
+    # the untrained folder has no network for compressed inputs
+    assert report["speed"] == [] and report["input_kinds"] == {}
     tasks = {(r["set"], r["scale"]) for r in report["quality"]}
     assert tasks == {("portraits512", 4), ("portraits512", 2), ("portraits512_jpeg40", 4),
                      ("portraits512_jpeg40", 2), ("portraits512_real", 4), ("portraits512_real", 2), ("Set5", 4),
@@ -234,6 +237,8 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert set(report["degradation"]) == {"portraits512_real", "BSD100_real"} and "identity" in report
     real = sorted((out / "samples").glob("*_x4_real.png"))     # the real-world close-ups of the same two faces
     assert len(real) == 2 and report["samples"]["portraits512_real"] == [p.name for p in real]
+    with Image.open(out / "samples" / "before_after.png") as hero:   # the README's first picture: 3 panels
+        assert hero.width == 3 * 240 + 2 * 4
     grids = sorted((out / "samples").glob("*_x4.png"))
     assert len(grids) == 2 and "CC BY 4.0" in (out / "samples" / "README.md").read_text()
     # close-ups for the sampled faces whose eye / mouth / hair edge are known (frll_126_03 is among the first two)
@@ -258,7 +263,7 @@ def test_input_kinds_counts_how_the_enhancer_reads_the_inputs(shared_data):
     assert "portraits512_jpeg40 x4 0 clean, 3 jpeg, 0 real." in eo.markdown_report(report)
 
 
-# ---- real-world sets, peers that cannot load, Real-ESRGAN (issues 30 and 31) ------------------------------
+# ---- real-world sets, peers that cannot load, Real-ESRGAN -------------------------------------------------
 def test_evaluate_help_lists_the_real_world_sets_and_real_esrgan():
     res = subprocess.run([sys.executable, "-m", "superres", "evaluate", "--help"], capture_output=True, text=True,
                          cwd=REPO, timeout=120, check=False)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from superres.imaging import ImageError, ImageTooLarge, UnsupportedImage, encode_png, load_image, probe
-
 from conftest import astronaut
+from superres.imaging import ImageError, ImageTooLarge, UnsupportedImage, encode_png, load_image, probe
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -197,7 +196,7 @@ def test_load_from_path(tmp_path):
 
 
 def test_probe_reads_the_header_only():
-    """A PNG's pixels are not decoded by the probe (issue 11: Pillow's PNG getexif decoded them on the event
+    """A PNG's pixels are not decoded by the probe (Pillow's PNG getexif would decode them, on the event
     loop): a PNG cut off in its pixel data still probes, while loading it says it is damaged."""
     data = truncated_png()
     assert probe(data) == (200, 200)
@@ -211,6 +210,6 @@ def test_saving_to_a_path_is_atomic(tmp_path):
     dest = tmp_path / "out.png"
     save(small_rgb(), dest)
     before = dest.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):
         save(small_rgb(), dest, "PNG", compress_level=99)     # Pillow refuses the level after opening the file
     assert dest.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFilter
 
-from superres.inference import Enhancer, ModelError, read_card
-
 from conftest import astronaut, grace_hopper
+from superres.inference import Enhancer, ModelError, read_card
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_work_counts_padding_and_tile_context(enhancer):
     assert square == 256 * 256                     # one tile, no padding
     thin = enhancer.work(65536, 1)
     assert thin > 30 * 65536 and thin > 30 * square
-    assert enhancer.work(16_000_000, 1) > 500e6    # issue 11's 0.32 MB PNG: a 512-megapixel job
+    assert enhancer.work(16_000_000, 1) > 500e6    # a 16000000x1 PNG is 0.32 MB: a 512-megapixel job
     tile, pad, ys, xs = enhancer.tiles(1000, 700, tile=320)
     assert (tile, pad, len(ys), len(xs)) == (320, 32, 3, 4)
 
@@ -138,9 +137,10 @@ def test_strength_blends_the_two_outputs(enhancer):
 
 
 def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
-    """clean -> faithful + gan; JPEG-compressed and sharp -> faithful_jpeg + gan_real; compressed and soft (blurred
+    """clean -> faithful + gan; JPEG-compressed and sharp -> faithful_jpeg + gan; compressed and soft (blurred
     first) -> faithful + gan_real; `jpeg=` overrides the reading."""
     import io
+
     from superres.compression import input_kind
     from superres.export import export_untrained
     export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,), real_scales=(2,))
@@ -157,12 +157,13 @@ def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
     soft = jpeg(clean.filter(ImageFilter.GaussianBlur(1.5)))
     assert [input_kind(a) for a in (np.asarray(clean), compressed, soft)] == ["clean", "jpeg", "real"]
     assert enhancer.input_kind(compressed, 2) == "jpeg" and enhancer.input_kind(soft, 2) == "real"
-    assert enhancer.input_kind(compressed, 2, jpeg=False) == "clean" and enhancer.input_kind(soft, 2, jpeg=True) == "jpeg"
+    assert enhancer.input_kind(compressed, 2, jpeg=False) == "clean"
+    assert enhancer.input_kind(soft, 2, jpeg=True) == "jpeg"
     (_, faithful), (_, gan) = enhancer.networks(2, 0.5)
-    (_, jpeg_net), (_, real_gan) = enhancer.networks(2, 0.5, "jpeg")
-    assert len({faithful, gan, jpeg_net, real_gan}) == 4
-    assert enhancer.networks(2, 0.5, "real") == [(0.5, faithful), (0.5, real_gan)]
-    assert enhancer.networks(2, 1.0, "real") == enhancer.networks(2, 1.0, "jpeg") == [(1.0, real_gan)]
+    (_, jpeg_net), (_, gan_for_jpeg) = enhancer.networks(2, 0.5, "jpeg")
+    (_, faithful_for_real), (_, real_gan) = enhancer.networks(2, 0.5, "real")
+    assert gan_for_jpeg == gan and faithful_for_real == faithful and len({faithful, gan, jpeg_net, real_gan}) == 4
+    assert enhancer.networks(2, 1.0, "real") == [(1.0, real_gan)] and enhancer.networks(2, 1.0, "jpeg") == [(1.0, gan)]
     with pytest.raises(ValueError, match="kind"):
         enhancer.networks(2, 0.5, "blurry")
     out = {j: enhancer.enhance_array(compressed, 2, strength=0.25, jpeg=j) for j in (None, True, False)}

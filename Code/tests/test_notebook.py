@@ -45,7 +45,7 @@ def test_committed_notebook_is_clean():
 
 @pytest.mark.slow
 def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
-    import nbclient   # all installed by requirements.txt
+    import nbclient  # all installed by requirements.txt
     import nbformat
 
     # A kernel spec for *this* interpreter, so the notebook runs in the test's environment whether or not a

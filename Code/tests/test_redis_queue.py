@@ -1,4 +1,4 @@
-"""Serving beyond one process (issue 34): two `superres serve` web processes and two `superres worker` processes share
+"""Serving beyond one process: two `superres serve` web processes and two `superres worker` processes share
 their jobs on a real redis-server (started here on a free loopback port; never a mock): a job is followed, fetched and
 cancelled through either web process, a worker killed mid-job costs a retry or a clear failure within seconds, a lost
 Redis is answered with 503 and recovered from, and 16 jobs at once all come back right."""

@@ -49,7 +49,8 @@ def synthetic_evaluation() -> dict:
               "runs": 5, "seconds_per_image": t, "min_seconds": t, "megapixels_per_s": round(1.048576 / t, 3),
               "load_seconds": 0.5, "peak_rss_mb": rss}
              for m, s, o, t, rss in [("bicubic", None, {}, 0.004, 80.0), ("lapsrn", None, {}, 2.5, 300.0),
-                                     ("ours", 0.5, {"tile": "auto"}, 0.3, 400.0), ("ours", 0.5, {"tile": 0}, 0.28, 900.0)]]
+                                     ("ours", 0.5, {"tile": "auto"}, 0.3, 400.0),
+                                     ("ours", 0.5, {"tile": 0}, 0.28, 900.0)]]
     targets = [{"id": "set5_x4_s0", "description": "Set5 x4, strength 0: PSNR(Y) >= 30.72 dB", "measured": 24.5,
                 "required": 30.72, "passed": False},
                {"id": "speed", "description": "x4 256->1024: <= 0.35 s per image", "measured": 0.3, "required": 0.35,
@@ -107,7 +108,8 @@ def test_generated_tables_match_committed_evaluation_json():
     have = {p.name: p.read_text() for p in GENERATED.glob("eval_*.tex")}
     assert sorted(have) == sorted(want), "run `python -m superres report`: the generated files are stale"
     for name, text in want.items():
-        assert have[name] == text, f"Report/generated/{name} differs from evaluation.json: run `python -m superres report`"
+        assert have[name] == text, (f"Report/generated/{name} differs from evaluation.json: "
+                                    "run `python -m superres report`")
     if report is None:
         assert "notmeasured" in have["eval_findings.tex"]
     else:
@@ -167,6 +169,7 @@ def test_tex_escaping():
 # ---- the architecture diagram ---------------------------------------------------------------------------
 def test_arch_diagram_from_the_real_networks(tmp_path):
     from PIL import Image
+
     from superres.arch_diagram import describe, draw
     from superres.models import Generator, UnetConfig, n_params
     desc = describe(None)

@@ -1,53 +1,46 @@
-"""The package's shape: no two modules import each other (directly or round a circle, counting imports
-inside functions), and reading results or writing the evaluation's tables needs no torch."""
+"""The package's shape: its layers, as import-linter contracts in pyproject.toml ([tool.importlinter]: serving imports
+nothing of training, evaluation or the write-up, nor torch; no import cycles), and what import-linter cannot see:
+imports made only inside functions, which are not run when a module loads."""
 from __future__ import annotations
 
-import ast
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "superres"
+from conftest import REPO
+
+PACKAGE = REPO / "Code" / "superres"
 
 
-def package_imports(path: Path) -> set[str]:
-    """The superres modules that `path` imports anywhere in it (`from .x import`, `from . import x`,
-    `import superres.x`)."""
-    names = {p.stem for p in PACKAGE.glob("*.py")}
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.level == 1 or node.module == "superres"
-                                                 or (node.module or "").startswith("superres.")):
-            module = (node.module or "").removeprefix("superres").lstrip(".")
-            if module:
-                found.add(module.split(".")[0])
-            else:   # from . import x
-                found |= {a.name for a in node.names if a.name in names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("superres.")}
-    return {m for m in found if m in names and m != "__init__"} - {path.stem}
+def lint_imports(config: Path, package_parent: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` with `config`, on the package `superres` found in `package_parent`."""
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    env = {**os.environ, "PYTHONPATH": str(package_parent)}
+    return subprocess.run([sys.executable, "-c", code, "--no-cache", "--no-logo", str(config)], cwd=config.parent,
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_no_import_cycle_among_the_package_modules():
-    graph = {p.stem: package_imports(p) for p in PACKAGE.glob("*.py")}
-    done, path = set(), []
+def test_the_layers_and_no_cycles_hold():
+    res = lint_imports(REPO / "pyproject.toml", PACKAGE.parent)
+    assert res.returncode == 0 and "0 broken" in res.stdout, res.stdout + res.stderr
 
-    def visit(module):
-        if module in path:
-            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module):] + [module]))
-        if module in done:
-            return
-        path.append(module)
-        for dep in sorted(graph.get(module, ())):
-            visit(dep)
-        path.pop()
-        done.add(module)
 
-    for module in sorted(graph):
-        visit(module)
+def test_a_serving_module_that_imports_torch_breaks_the_contract(tmp_path):
+    shutil.copytree(PACKAGE, tmp_path / "superres", ignore=shutil.ignore_patterns("default_model", "__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    assert lint_imports(tmp_path / "pyproject.toml", tmp_path).returncode == 0      # the copy holds as it is
+    inference = tmp_path / "superres" / "inference.py"
+    inference.write_text(inference.read_text() + "\nimport torch\n")
+    res = lint_imports(tmp_path / "pyproject.toml", tmp_path)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "superres.inference is not allowed to import torch" in res.stdout
+    assert "superres.upload -> superres.inference" in res.stdout                      # and what uses it, indirectly
 
 
 def test_the_evaluation_and_its_tables_load_without_torch():
+    """evaluate imports torch only inside the functions that score; loading it (and the tables) needs none."""
     code = ("import sys, superres.results, superres.evaluate, superres.report_eval, superres.latex; "
             "print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

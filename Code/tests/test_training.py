@@ -2,6 +2,7 @@
 and integration tests that run the four fastai stages on real photos that packages ship."""
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -10,14 +11,30 @@ import torch
 from PIL import Image
 
 from superres.data import Degradation, make_pair, sr_dataloaders
-from dataclasses import replace
-
 from superres.export import export_onnx
-from superres.losses import (FeatureLoss, LatticeLoss, MSELoss, PolishLoss, WeightFreeLoss, WithLattice, gram_matrix,
-                             load_vgg16_bn, make_loss, phase_offsets)
+from superres.losses import (
+    FeatureLoss,
+    LatticeLoss,
+    MSELoss,
+    PolishLoss,
+    WeightFreeLoss,
+    WithLattice,
+    gram_matrix,
+    load_vgg16_bn,
+    make_loss,
+    phase_offsets,
+)
 from superres.metrics import psnr_y, ssim_y
-from superres.models import (Generator, UnetConfig, UpscalePhases, blend_outputs, load_network, make_critic,
-                             make_encoder, upscale)
+from superres.models import (
+    Generator,
+    UnetConfig,
+    UpscalePhases,
+    blend_outputs,
+    load_network,
+    make_critic,
+    make_encoder,
+    upscale,
+)
 
 SMALL = UnetConfig(widen=0.25, nf=8, trunk_blocks=1, scale=2)
 
@@ -50,7 +67,8 @@ def test_degradation_really_degrades():
     """Noise + JPEG + blur make the input further from a clean downscale than a clean downscale is."""
     hr = photo((128, 128))
     clean = np.asarray(hr.resize((64, 64), Image.BICUBIC), dtype=np.float32)
-    harsh = Degradation(scale=2, clean_prob=0, blur_prob=1, noise_prob=1, noise_sigma=(10, 10), jpeg_prob=1, jpeg_quality=(20, 20))
+    harsh = Degradation(scale=2, clean_prob=0, blur_prob=1, noise_prob=1, noise_sigma=(10, 10), jpeg_prob=1,
+                        jpeg_quality=(20, 20))
     lr = np.asarray(harsh(hr, random.Random(0)), dtype=np.float32)
     assert np.abs(lr - clean).mean() > 3
 
@@ -72,7 +90,7 @@ def test_dataloaders_validation_is_deterministic(tmp_path):
     assert 0 <= xb.min() and xb.max() <= 1
     v1 = [b[0].clone() for b in dls.valid]
     v2 = [b[0].clone() for b in dls.valid]
-    assert all(torch.equal(a, b) for a, b in zip(v1, v2))
+    assert all(torch.equal(a, b) for a, b in zip(v1, v2, strict=True))
 
 
 # ---- models -----------------------------------------------------------------------------------------
@@ -100,7 +118,7 @@ def test_generator_works_at_the_input_size():
 def test_head_keeps_sub_grey_detail_under_bf16_autocast():
     """Under bf16 autocast (how CPUSpeedup trains) the head and the residual add stay in fp32: a 0.1-grey change
     of the head's bias reaches a near-white output whole. In bf16 (steps of about one grey level there) it would
-    vanish or become a whole step, and a sub-grey grid would be invisible to the loss (issue 9)."""
+    vanish or become a whole step, and a sub-grey grid would be invisible to the loss."""
     torch.manual_seed(0)
     g = Generator(replace(SMALL, scale=4)).eval()
     x = 0.9 + 0.05 * torch.rand(1, 3, 32, 32)
@@ -157,7 +175,7 @@ def test_pretrained_encoder_fails_clearly_offline():
         assert "pretrained" in str(e) and "internet" in str(e)
     else:
         fresh = make_encoder(UnetConfig(arch="resnet18"), pretrained=False)
-        assert any(not torch.equal(a, b) for a, b in zip(enc.parameters(), fresh.parameters()))
+        assert any(not torch.equal(a, b) for a, b in zip(enc.parameters(), fresh.parameters(), strict=True))
 
 
 def test_critic_scores_patches():
@@ -200,7 +218,8 @@ def test_polish_loss_anchors_to_the_frozen_output_and_costs_a_grid():
     before = (photo + 0.05 * torch.randn_like(photo)).clamp(0, 1)
     loss = PolishLoss(0.1)
     assert loss(before, photo, before).item() == pytest.approx(0.1 * LatticeLoss()(before, photo).item(), abs=1e-6)
-    assert loss(photo, photo, before).item() == pytest.approx(torch.nn.functional.l1_loss(photo, before).item(), abs=1e-6)
+    l1 = torch.nn.functional.l1_loss(photo, before).item()
+    assert loss(photo, photo, before).item() == pytest.approx(l1, abs=1e-6)
     grid = torch.zeros(1, 1, 64, 64)
     grid[..., ::4, ::4] = 0.05
     l1_of_grid = grid.abs().mean().item()
@@ -244,7 +263,8 @@ def test_blend_polish_scores_the_grid_of_the_blends_the_app_shows():
     with pytest.raises(ValueError, match="strengths"):
         PolishLoss(1.0, strengths=(0, 1))                                   # the faithful network alone: no gradient
     both = PolishLoss(1.0, strengths=(0.5, 1))
-    assert both(photo, photo, photo, photo + grid).item() == pytest.approx(half(photo, photo, photo, photo + grid).item() / 2)
+    halved = half(photo, photo, photo, photo + grid).item() / 2
+    assert both(photo, photo, photo, photo + grid).item() == pytest.approx(halved)
 
 
 def test_lattice_loss_costs_a_grid_only():
@@ -349,7 +369,8 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     assert any(not torch.equal(polished[k], b[k]) for k in b if b[k].is_floating_point())
     # re-running is a no-op resume: finished stages are skipped, weights unchanged
     train(cfg)
-    assert torch.equal(torch.load(ck / "generator_gan.pt", weights_only=False)["model"][next(iter(b))], b[next(iter(b))])
+    first = next(iter(b))
+    assert torch.equal(torch.load(ck / "generator_gan.pt", weights_only=False)["model"][first], b[first])
     # an x4 run (generator only: strength 1 is then the faithful weights), exported together with the x2 run
     cfg4 = replace(cfg, run_dir=str(tmp_path / "x4"), scale=4, generator=replace(SMALL, scale=4), hr_size=128,
                    epochs_gen=1)
@@ -386,14 +407,17 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
     img = Image.open(next(iter(sorted(sample_photos.iterdir())))).convert("RGB").resize((48, 40))
     assert enhancer.enhance(img, scale=4).size == (192, 160) and enhancer.enhance(img, scale=2).size == (96, 80)
     assert enhancer.has_jpeg_network(4) and not enhancer.has_jpeg_network(2)
-    assert enhancer.enhance(img, scale=4, strength=0, jpeg=True) != enhancer.enhance(img, scale=4, strength=0, jpeg=False)
+    assert (enhancer.enhance(img, scale=4, strength=0, jpeg=True)
+            != enhancer.enhance(img, scale=4, strength=0, jpeg=False))
 
 
 def test_gan_ema_averages_the_generator_only():
     """In the GAN stage the EMA follows the GANModule's generator, step by step, and puts the average into it when
     the fit ends; the critic keeps its own weights."""
     from types import SimpleNamespace
+
     from fastai.vision.gan import GANModule
+
     from superres.callbacks import EMA
     gan = GANModule(torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 1, 1))
     start, critic = gan.generator.weight.detach().clone(), gan.critic.weight.detach().clone()
@@ -413,6 +437,7 @@ def test_time_budget_ema_and_fine_tuning(tmp_path, sample_photos):
     """--minutes trains for a wall-clock budget (the schedule follows the clock), EMA weights are what is
     saved, and --init fine-tunes from a checkpoint."""
     import time
+
     from superres.train import TrainConfig, train
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "a"), scale=2,
                       generator=SMALL, hr_size=64, bs=2, repeats=1, minutes_gen=0.1, loss="weightfree")
@@ -468,6 +493,7 @@ def test_interrupted_stage_resumes_from_its_epoch_checkpoint(tmp_path, sample_ph
 def test_critic_learns_to_tell_bicubic_from_real(sample_photos):
     """The critic must be able to learn at all: bicubic x2 of real photo crops vs. the crops themselves."""
     from fastai.vision.gan import AdaptiveLoss
+
     from superres.data import image_files, load_photo, random_crop
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -517,6 +543,7 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
     """export --int8: the U-Net and trunk convs become int8 (QDQ), the skip and head convs stay float, the output
     stays within a grey level of the float network's on average, and the Enhancer serves the folder as any other."""
     import onnx
+
     from superres.data import Degradation
     from superres.export import export_models
     from superres.inference import Enhancer
@@ -545,6 +572,7 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
     runs = [ort.InferenceSession(str(tmp_path / "int8" / "x2_faithful.onnx"), so, providers=["CPUExecutionProvider"])
             .run(["output"], {"input": calib[0]})[0] for so in (fused, stepwise)]
     assert np.abs(runs[0] - runs[1]).mean() < 0.5 / 255
-    img = Image.fromarray((np.asarray(Image.open(next(sample_photos.iterdir())).convert("RGB").resize((64, 64)))))
-    outs = [np.asarray(Enhancer(tmp_path / d).enhance(img, scale=2, strength=0.5), np.float32) for d in ("int8", "float")]
+    img = Image.fromarray(np.asarray(Image.open(next(sample_photos.iterdir())).convert("RGB").resize((64, 64))))
+    outs = [np.asarray(Enhancer(tmp_path / d).enhance(img, scale=2, strength=0.5), np.float32)
+            for d in ("int8", "float")]
     assert np.abs(outs[0] - outs[1]).mean() < 2.0   # grey levels; a random network quantises worse than ours

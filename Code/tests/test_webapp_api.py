@@ -17,8 +17,18 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, astronaut, free_port, grace_hopper, run_server, wait_http
-from test_imaging import (_bytes, animated_gif, bomb_png, cmyk_jpeg, exif_rotated_jpeg, gray16_png,
-                          palette_with_transparency, small_rgb, truncated_png, zip_bytes)
+from test_imaging import (
+    _bytes,
+    animated_gif,
+    bomb_png,
+    cmyk_jpeg,
+    exif_rotated_jpeg,
+    gray16_png,
+    palette_with_transparency,
+    small_rgb,
+    truncated_png,
+    zip_bytes,
+)
 
 
 def post(base, data: bytes | None, filename="photo.png", timeout=300, **fields):
@@ -116,7 +126,8 @@ def test_bad_and_odd_inputs(webapp_url, name, make, fields, status, expected):
 def test_not_multipart_and_wrong_methods(webapp_url):
     r = httpx.post(webapp_url + "/api/enhance", json={"file": "x"})
     assert r.status_code == 400 and "multipart" in r.json()["error"]
-    r = httpx.post(webapp_url + "/api/enhance", content=b"--x\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=x"})
+    r = httpx.post(webapp_url + "/api/enhance", content=b"--x\r\ngarbage",
+                   headers={"content-type": "multipart/form-data; boundary=x"})
     assert 400 <= r.status_code < 500 and "error" in r.json()
     assert httpx.get(webapp_url + "/api/enhance").status_code == 405
     r = httpx.get(webapp_url + "/nowhere")
@@ -178,7 +189,8 @@ def test_concurrent_load(webapp_url):
     async def main():
         async with httpx.AsyncClient(timeout=900) as client:
             async def one(img, scale):
-                return await client.post(webapp_url + "/api/enhance", files={"file": ("x.png", _bytes(Image.fromarray(img), "PNG"))},
+                return await client.post(webapp_url + "/api/enhance",
+                                         files={"file": ("x.png", _bytes(Image.fromarray(img), "PNG"))},
                                          data={"scale": str(scale)})
 
             async def poll(done):
@@ -195,7 +207,7 @@ def test_concurrent_load(webapp_url):
             await poller
             return results
     results = asyncio.run(main())
-    for (img, scale), r in zip(jobs, results):
+    for (img, scale), r in zip(jobs, results, strict=True):
         assert r.status_code == 200, r.text[:300]
         out = png_of(r)
         h, w = img.shape[:2]
@@ -242,7 +254,7 @@ def serve_fails(env, *args) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("path,env,words", [
     ("/tampered.tar.gz", {"MODEL_SHA256": "skip"}, "does not match its model card"),
     ("/missing.zip", {"MODEL_SHA256": "skip"}, "HTTP 404"),
-    ("/model.zip", {}, "MODEL_URL needs MODEL_SHA256"),                    # no checksum: refused (issue 11)
+    ("/model.zip", {}, "MODEL_URL needs MODEL_SHA256"),                    # no checksum: refused
     ("/model.zip", {"MODEL_SHA256": "0" * 64}, "not MODEL_SHA256"),
     ("/model.zip", {"MODEL_SHA256": "skip", "MODEL_MAX_MB": "0.5"}, "MB limit (MODEL_MAX_MB)"),
 ])

@@ -29,7 +29,7 @@ VIEWPORTS = {"desktop": dict(viewport={"width": 1280, "height": 900}, bypass_csp
 @pytest.fixture(scope="module")
 def browser():
     require(Path(CHROMIUM).exists(), "needs Chromium (apt-get install chromium; Code/ci_setup.sh does it)")
-    from playwright import sync_api   # installed by requirements.txt
+    from playwright import sync_api  # installed by requirements.txt
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         yield b
@@ -119,7 +119,8 @@ def test_a_x4_job_shows_tile_progress_then_the_whole_result(browser, webapp_url,
     if device == "desktop":
         page.fill("#compare-slider", "30")
         page.dispatch_event("#compare-slider", "input")
-        assert page.evaluate("getComputedStyle(document.getElementById('compare')).getPropertyValue('--pos')").strip() == "30%"
+        pos = "getComputedStyle(document.getElementById('compare')).getPropertyValue('--pos')"
+        assert page.evaluate(pos).strip() == "30%"
         page.fill("#compare-slider", "50")
         page.dispatch_event("#compare-slider", "input")
         with page.expect_download() as dl:
@@ -144,7 +145,8 @@ def test_cancel_frees_the_worker(browser, webapp_url, photos):
     choose(page, photos["big"], (1200, 1400))
     page.check("#scale4", force=True)
     page.click("#enhance")
-    page.wait_for_function("+document.getElementById('progress-bar').getAttribute('aria-valuenow') > 0", timeout=120_000)
+    page.wait_for_function("+document.getElementById('progress-bar').getAttribute('aria-valuenow') > 0",
+                           timeout=120_000)
     page.click("#cancel")
     page.wait_for_selector("#note:not([hidden])", timeout=30_000)
     assert page.text_content("#note") == "Cancelled." and not page.is_visible("#error")
@@ -171,7 +173,8 @@ def test_a_fake_jpg_is_refused_before_enhance(browser, webapp_url, tmp_path):
     page.set_input_files("#file", str(fake))
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
     # the server's own words for such a file (superres.imaging)
-    assert page.text_content("#error") == "This file is not an image we can read. Use PNG, JPEG, WebP, GIF, BMP or TIFF."
+    assert page.text_content("#error") == ("This file is not an image we can read. "
+                                           "Use PNG, JPEG, WebP, GIF, BMP or TIFF.")
     assert page.is_disabled("#enhance") and page.text_content("#output-size") == ""
     assert not page.is_visible("#preview-box") and posts == []
     page.close()

@@ -1,4 +1,4 @@
-"""The web app under hostile clients (issue 11), against a real uvicorn server: no single request can stall it.
+"""The web app under hostile clients, against a real uvicorn server: no single request can stall it.
 
 The load test prints its figures (run with -s to see them): the small request's latency behind 8 concurrent x4
 requests and 6 abandoned big ones, and /healthz's worst latency while 12 oversized PNGs are refused."""
@@ -169,7 +169,7 @@ def test_security_headers(server):
 
 @pytest.mark.slow
 def test_no_request_stalls_the_service(untrained_model_dir):
-    """Issue 11's acceptance: with 8 concurrent x4 requests and 6 abandoned big ones ahead of it, a small request
+    """The promise: with 8 concurrent x4 requests and 6 abandoned big ones ahead of it, a small request
     completes in under 5 s; /healthz stays under 0.5 s while 12 oversized PNGs are refused."""
     env = {"MODEL_DIR": str(untrained_model_dir), "WORKERS": "1", "QUEUE": "32"}
     with run_server(env) as (base, _):
@@ -211,6 +211,7 @@ def test_no_request_stalls_the_service(untrained_model_dir):
                 return [r.status_code for r in results[:12]], results[12:]
         codes, health = asyncio.run(refuse())
     print(f"\nsmall x4 request behind 8 concurrent x4 (256 px) + 6 abandoned x4 (1500 px): {small_s:.2f} s; "
-          f"/healthz while 12 oversized PNGs were refused: max {max(health) * 1000:.0f} ms over {len(health)} polls sent with them")
+          f"/healthz while 12 oversized PNGs were refused: max {max(health) * 1000:.0f} ms "
+          f"over {len(health)} polls sent with them")
     assert small_s < 5
     assert codes == [413] * 12 and max(health) < 0.5

@@ -1,4 +1,4 @@
-"""The jobs API (issue 12) and the result formats, against a real uvicorn server: every state and every error."""
+"""The jobs API and the result formats, against a real uvicorn server: every state and every error."""
 import io
 import time
 
