@@ -12,17 +12,16 @@ Routes (the whole table is `ROUTES` below):
     /static/..., /favicon.ico     CSS, JS, icons
 
 Start it with `python -m superres serve` (or `docker run -p 5000:5000 srwebapp`), which loads this file by its
-path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.serve).
-Settings come from the environment (see `Settings`). Every image is a `Job` in a job store (superres.jobs): by
-default `Jobs`, WORKERS threads off the event loop; with REDIS_URL, `RedisJobs` (superres.redis_jobs), a queue on
-Redis that `python -m superres worker` processes take jobs from, so that any web process can answer for any job (Redis
-unreachable: 503 with Retry-After). At most QUEUE jobs wait (beyond that 429, decided before the upload is
-read). An upload is checked into a job (size, pace, fields, image) by superres.upload before it waits. A job stops
-at its next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
-image costs is the network's padded, tiled input (`Enhancer.work`), not width x height, so thin strips cannot
-stall the worker. Finished jobs are kept JOB_TTL_S for their clients, their results at most MAX_RESULTS_MB
-together (the oldest go first). Bad input always gets a 4xx JSON {"error": "..."}; every response carries
-SECURITY_HEADERS.
+path as the module `superres_webapp` and uses `Settings`, `load_models` and `create_app` (see superres.runtime.serve).
+Settings come from the environment (see `Settings`). Every image is a `Job` in a job store (superres.runtime.jobs): by
+default `Jobs`, WORKERS threads off the event loop; with REDIS_URL, `RedisJobs` (superres.runtime.redis_jobs), a queue
+on Redis that `python -m superres worker` processes take jobs from, so that any web process can answer for any job
+(Redis unreachable: 503 with Retry-After). At most QUEUE jobs wait (beyond that 429, decided before the upload is read).
+An upload is checked into a job (size, pace, fields, image) by superres.runtime.upload before it waits. A job stops at
+its next tile when it is cancelled (DELETE, or the client of /api/enhance hung up) or passes JOB_TIMEOUT_S. What an
+image costs is the network's padded, tiled input (`Enhancer.work`), not width x height, so thin strips cannot stall the
+worker. Finished jobs are kept JOB_TTL_S for their clients, their results at most MAX_RESULTS_MB together (the oldest go
+first). Bad input always gets a 4xx JSON {"error": "..."}; every response carries SECURITY_HEADERS.
 """
 from __future__ import annotations
 
@@ -44,11 +43,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from superres import DEFAULT_MODEL_DIR, __version__, upload
-from superres.imaging import OUTPUT_FORMATS
-from superres.inference import Enhancer
-from superres.jobs import Busy, Job, Jobs, Unavailable
-from superres.model_folder import fetch_model
+from superres import DEFAULT_MODEL_DIR, __version__
+from superres.runtime import upload
+from superres.runtime.imaging import OUTPUT_FORMATS
+from superres.runtime.inference import Enhancer
+from superres.runtime.jobs import Busy, Job, Jobs, Unavailable
+from superres.runtime.model_folder import fetch_model
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("superres.webapp")
@@ -111,7 +111,7 @@ class Settings:
         return {"limit_concurrency": self.max_connections, "timeout_keep_alive": self.keepalive_s}
 
 
-# ---- models: a local folder, or an archive fetched at start-up (superres.model_folder.fetch_model) -------
+# ---- models: a local folder, or an archive fetched at start-up (superres.runtime.model_folder.fetch_model) -------
 async def load_models(settings: Settings) -> Enhancer:
     """Fetch (if MODEL_URL) and load the models; raises ModelError with a message fit for the console."""
     model_dir = settings.model_dir
@@ -121,7 +121,7 @@ async def load_models(settings: Settings) -> Enhancer:
     return await asyncio.to_thread(Enhancer, model_dir, threads=settings.threads)
 
 
-# ---- reading a request into a job (the checks and limits: superres.upload) -------------------------------
+# ---- reading a request into a job (the checks and limits: superres.runtime.upload) -------------------------------
 async def read_job(request: Request) -> Job:
     """Read an upload (multipart: file, scale, strength, format, quality) into a checked Job; raises HTTPException
     (4xx)."""

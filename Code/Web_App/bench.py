@@ -111,8 +111,8 @@ def big_rss(model_dir: str) -> tuple[float, float]:
     script = textwrap.dedent(f"""
         import resource, time, numpy as np
         from PIL import Image
-        from superres.inference import Enhancer
-        from superres.imaging import encode_png
+        from superres.runtime.inference import Enhancer
+        from superres.runtime.imaging import encode_png
         from skimage import data
         img = Image.fromarray(data.astronaut()).resize((2000, 2000), Image.Resampling.LANCZOS)
         t = time.perf_counter()
@@ -141,7 +141,7 @@ def main():
 
     model_dir = args.model_dir
     if args.untrained:
-        from superres.export import export_untrained
+        from superres.training.export import export_untrained
         model_dir = tempfile.mkdtemp(prefix="untrained-")
         export_untrained(model_dir)
     if not model_dir:

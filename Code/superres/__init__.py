@@ -1,7 +1,11 @@
 """superres: portrait super-resolution with fastai (training) and ONNX Runtime (inference).
 
 Importing the package is cheap and torch-free: the web app and `enhance` need only ONNX Runtime,
-numpy and Pillow. Training modules (`data`, `models`, `losses`, `train`, `export`) import torch/fastai.
+numpy and Pillow. The code is split by job:
+    superres.runtime      serving: inference, the job stores, the web app's server, `enhance` (no torch)
+    superres.training     training and export (torch, fastai)
+    superres.evaluation   `evaluate`: scores the exported models beside the peers
+    superres.writeup      `report`: the report's figures and tables
 """
 from pathlib import Path
 

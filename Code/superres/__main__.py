@@ -8,13 +8,13 @@ import importlib
 import sys
 
 VERBS = {
-    "train": ("superres.train", "train the generator, critic, GAN and up-sampler (fastai)"),
-    "export": ("superres.export", "export trained checkpoints to ONNX + model card"),
-    "enhance": ("superres.enhance", "upscale an image or a folder of images"),
-    "evaluate": ("superres.evaluate", "score the models beside bicubic, Lanczos and OpenCV peers"),
-    "serve": ("superres.serve", "start the web app (Starlette + uvicorn)"),
-    "worker": ("superres.worker", "run jobs from the Redis queue (REDIS_URL) for `serve` web processes"),
-    "report": ("superres.report", "rebuild the report, the presentations and their figures and tables"),
+    "train": ("superres.training.train", "train the generator, critic, GAN and up-sampler (fastai)"),
+    "export": ("superres.training.export", "export trained checkpoints to ONNX + model card"),
+    "enhance": ("superres.runtime.enhance", "upscale an image or a folder of images"),
+    "evaluate": ("superres.evaluation.evaluate", "score the models beside bicubic, Lanczos and OpenCV peers"),
+    "serve": ("superres.runtime.serve", "start the web app (Starlette + uvicorn)"),
+    "worker": ("superres.runtime.worker", "run jobs from the Redis queue (REDIS_URL) for `serve` web processes"),
+    "report": ("superres.writeup.report", "rebuild the report, the presentations and their figures and tables"),
 }
 
 

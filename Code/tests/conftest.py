@@ -39,7 +39,7 @@ def grace_hopper() -> Image.Image:
 @pytest.fixture(scope="session")
 def sample_photos(tmp_path_factory) -> Path:
     """A folder with two real portraits that packages ship."""
-    from superres.samples import sample_photos as write_samples
+    from superres.writeup.samples import sample_photos as write_samples
     return write_samples(tmp_path_factory.mktemp("photos"))
 
 
@@ -54,8 +54,8 @@ import time  # noqa: E402
 
 @pytest.fixture(scope="session")
 def untrained_model_dir(tmp_path_factory) -> Path:
-    """A complete, valid model folder with random weights (superres.export.export_untrained, ~7 s)."""
-    from superres.export import export_untrained
+    """A complete, valid model folder with random weights (superres.training.export.export_untrained, ~7 s)."""
+    from superres.training.export import export_untrained
     out = tmp_path_factory.mktemp("untrained_model")
     export_untrained(out)
     return out

@@ -1,11 +1,11 @@
-"""The JPEG detector (superres.compression): it reads JPEG quantisation from the pixels."""
+"""The JPEG detector (superres.runtime.compression): it reads JPEG quantisation from the pixels."""
 import io
 
 import numpy as np
 from PIL import Image
 
 from conftest import astronaut
-from superres.compression import STEP_FOR_JPEG_NETWORK, jpeg_step, looks_jpeg_compressed
+from superres.runtime.compression import STEP_FOR_JPEG_NETWORK, jpeg_step, looks_jpeg_compressed
 
 
 def jpeg(img: Image.Image, quality: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_what_it_cannot_see():
 
 
 def test_flags_every_jpeg40_evaluation_input_and_no_clean_one(shared_data):
-    from superres.benchmark import image_names, load_pair
+    from superres.evaluation.benchmark import image_names, load_pair
     for set_name, flagged in (("portraits512", False), ("portraits512_jpeg40", True), ("Set14", False)):
         names = image_names(shared_data, set_name, 4, 999)
         assert len(names) >= 14

@@ -1,4 +1,4 @@
-"""The real-world degradation chain (superres.degradations): sizes, seeding, what each step does, and its use
+"""The real-world degradation chain (superres.training.degradations): sizes, seeding, what each step does, and its use
 in training batches."""
 import json
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from superres.data import DegradeBatch, degradation_from_record, sr_dataloaders
-from superres.degradations import FIRST, RealWorld, Round, blur_kernels, seed_for
+from superres.training.data import DegradeBatch, degradation_from_record, sr_dataloaders
+from superres.training.degradations import FIRST, RealWorld, Round, blur_kernels, seed_for
 
 
 def photo(size=(192, 160), seed=0):

@@ -70,8 +70,9 @@ def test_bad_arguments(untrained_model_dir, photos, tmp_path):
 
 
 def test_serving_modules_do_not_import_torch_or_onnx():
-    code = ("import sys, superres.enhance, superres.inference, superres.imaging, superres.jobs, superres.serve, "
-            "superres.upload; superres.inference.Enhancer(); "
+    code = ("import sys, superres.runtime.enhance, superres.runtime.inference, superres.runtime.imaging, "
+            "superres.runtime.jobs, superres.runtime.serve, "
+            "superres.runtime.upload; superres.runtime.inference.Enhancer(); "
             "bad = [m for m in ('torch', 'fastai', 'onnx') if m in sys.modules]; assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
@@ -171,7 +172,7 @@ def test_jpeg_network_auto_yes_no(tmp_path):
     """--jpeg auto picks the JPEG-trained network for a compressed input; yes/no force it either way."""
     import numpy as np
 
-    from superres.export import export_untrained
+    from superres.training.export import export_untrained
     export_untrained(tmp_path / "model", scales=(2,), jpeg_scales=(2,))
     astronaut().resize((128, 128), Image.LANCZOS).save(tmp_path / "q40.jpg", quality=40)
     outs = {}

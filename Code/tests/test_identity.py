@@ -1,4 +1,4 @@
-"""The identity distance (superres.identity): the same face lightly blurred stays close, two people are far
+"""The identity distance (superres.evaluation.identity): the same face lightly blurred stays close, two people are far
 apart, a target without a face is reported as such, and an output is measured in the target's box.
 
 Real portraits that packages ship: scikit-image's astronaut (Eileen Collins) and matplotlib's Grace Hopper."""
@@ -15,7 +15,7 @@ from conftest import astronaut, grace_hopper, require
 def faces():
     require(importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models")
             is not None, "needs dlib-bin and face_recognition_models (pip install -e '.[eval]')")
-    from superres.identity import FaceIdentity
+    from superres.evaluation.identity import FaceIdentity
     return FaceIdentity()
 
 
@@ -60,7 +60,7 @@ def test_the_best_scoring_face_is_kept_and_its_box_reused_on_the_output(faces):
 
 
 def test_uses_the_5_point_model_not_the_68_point_one():
-    from superres import identity
+    from superres.evaluation import identity
     assert identity.LANDMARKS == "shape_predictor_5_face_landmarks.dat"
     assert "68" not in identity.LANDMARKS + identity.DESCRIPTOR
 
@@ -68,7 +68,7 @@ def test_uses_the_5_point_model_not_the_68_point_one():
 def test_aggregate_counts_targets_without_a_face_and_pairs_subsets_with_bicubic():
     """Identity averages over the images with a face and counts the others; a method run on fewer images
     gets bicubic's scores on those same images."""
-    from superres.scoring import aggregate
+    from superres.evaluation.scoring import aggregate
     base = {"ssim_y": 0.9, "haarpsi": 0.8, "hf_ratio": 0.5, "lattice": 2.0, "spectral": 1.0}
     rows = []
     for i, (name, ident) in enumerate([("a", 0.3), ("b", None), ("c", 0.5)]):
@@ -88,7 +88,7 @@ def test_aggregate_counts_targets_without_a_face_and_pairs_subsets_with_bicubic(
 
 
 def test_markdown_says_what_was_missed_and_what_ran_on_fewer_images():
-    from superres import evaluation_output as eo
+    from superres.evaluation import evaluation_output as eo
     row = {"set": "portraits512_real", "scale": 4, "strength": None, "ssim_y": 0.9, "haarpsi": 0.8, "hf_ratio": 0.5,
            "lattice": 2.0, "spectral": 1.0}
     q = [{**row, "method": "bicubic", "n_images": 10, "psnr_y": 30.0, "identity": 0.4, "identity_faces": 9,

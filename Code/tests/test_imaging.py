@@ -1,4 +1,4 @@
-"""superres.imaging: every odd input a user may hand us, converted sensibly or refused in plain words."""
+"""superres.runtime.imaging: every odd input a user may hand us, converted sensibly or refused in plain words."""
 import io
 import struct
 import zipfile
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from conftest import astronaut
-from superres.imaging import ImageError, ImageTooLarge, UnsupportedImage, encode_png, load_image, probe
+from superres.runtime.imaging import ImageError, ImageTooLarge, UnsupportedImage, encode_png, load_image, probe
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -206,7 +206,7 @@ def test_probe_reads_the_header_only():
 
 def test_saving_to_a_path_is_atomic(tmp_path):
     """A save that fails half-way leaves neither a broken file under the real name nor its temporary file."""
-    from superres.imaging import save
+    from superres.runtime.imaging import save
     dest = tmp_path / "out.png"
     save(small_rgb(), dest)
     before = dest.read_bytes()

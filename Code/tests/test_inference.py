@@ -1,4 +1,4 @@
-"""superres.inference.Enhancer: model folder checks, strength blending, tiling, alpha/grayscale/ICC."""
+"""superres.runtime.inference.Enhancer: model folder checks, strength blending, tiling, alpha/grayscale/ICC."""
 import json
 import shutil
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageCms, ImageFilter
 
 from conftest import astronaut, grace_hopper
-from superres.inference import Enhancer, ModelError, read_card
+from superres.runtime.inference import Enhancer, ModelError, read_card
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_tiling_equals_whole_image(enhancer, scale):
 
 
 def test_auto_tile_bounds_network_input(enhancer):
-    from superres.inference import MAX_NET_INPUT
+    from superres.runtime.inference import MAX_NET_INPUT
     t = enhancer.auto_tile()
     assert t % 32 == 0 and t + 64 <= MAX_NET_INPUT
 
@@ -99,7 +99,7 @@ def test_progress_callback(enhancer):
 
 def test_progress_can_stop_the_work_at_the_next_tile(enhancer):
     """The web app's cancel and timeout: the callback raises and no further tile runs."""
-    from superres.inference import Cancelled
+    from superres.runtime.inference import Cancelled
     seen = []
 
     def stop_after_two(done, total):
@@ -141,8 +141,8 @@ def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
     first) -> faithful + gan_real; `jpeg=` overrides the reading."""
     import io
 
-    from superres.compression import input_kind
-    from superres.export import export_untrained
+    from superres.runtime.compression import input_kind
+    from superres.training.export import export_untrained
     export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,), real_scales=(2,))
     enhancer = Enhancer(tmp_path, threads=2)
     nets = enhancer.card["networks"]["2"]
@@ -240,9 +240,9 @@ def test_memory_bounded_by_tile_not_image(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np
         from PIL import Image, ImageFilter
-        from superres.timing import peak_rss_mb     # VmHWM: ru_maxrss would carry pytest's peak over the fork
-        from superres.inference import Enhancer
-        from superres.imaging import encode_png, load_image
+        from superres.evaluation.timing import peak_rss_mb     # VmHWM: ru_maxrss would carry pytest's peak over fork
+        from superres.runtime.inference import Enhancer
+        from superres.runtime.imaging import encode_png, load_image
         img = load_image({str(tmp_path / 'big.jpg')!r})
         before = peak_rss_mb()
         out = Enhancer({str(model)!r}).enhance(img, scale=4)
@@ -264,7 +264,7 @@ def test_a_blend_runs_its_two_networks_side_by_side_with_the_same_result(untrain
     """With two or more threads a blend of a small image runs its networks at once, each on half the threads
     (`_paired`); a larger one (over PAIR_MAX_PIXELS, or more than one tile) runs them in turn. Both give what
     one thread gives."""
-    from superres.inference import PAIR_MAX_PIXELS
+    from superres.runtime.inference import PAIR_MAX_PIXELS
     side_by_side, in_turn = Enhancer(untrained_model_dir, threads=2), Enhancer(untrained_model_dir, threads=1)
     assert in_turn._pool is None and not side_by_side._paired     # opened at the first side-by-side blend
     submitted = []

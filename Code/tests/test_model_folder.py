@@ -1,4 +1,4 @@
-"""superres.model_folder: a model folder is checked against its card, and one fetched as an archive is unpacked,
+"""superres.runtime.model_folder: a model folder is checked against its card, and one fetched as an archive is unpacked,
 checked and bounded in size (real files in temporary folders, a real local HTTP server)."""
 import asyncio
 import functools
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from superres.model_folder import CARD, ModelError, fetch_model, model_files, sha256, verify_model_dir
+from superres.runtime.model_folder import CARD, ModelError, fetch_model, model_files, sha256, verify_model_dir
 
 MB = 1024 * 1024
 
@@ -124,7 +124,7 @@ def test_unsafe_or_unknown_archives_are_refused(www, tmp_path):
 
 
 def test_the_model_folder_and_inference_load_without_torch():
-    code = ("import sys, superres.model_folder, superres.inference; "
+    code = ("import sys, superres.runtime.model_folder, superres.runtime.inference; "
             "print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})

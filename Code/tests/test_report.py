@@ -1,7 +1,7 @@
 """The write-up (`python -m superres report`): its tables say what evaluation.json says, the architecture
 diagram is drawn from the real networks, and (where LaTeX is installed) the documents build.
 
-The committed check: Report/generated/eval_*.tex equal what `superres.report_eval.eval_files` makes from the
+The committed check: Report/generated/eval_*.tex equal what `superres.writeup.report_eval.eval_files` makes from the
 committed Code/results/evaluation.json (or its absence), byte for byte, and every number of every quality row
 in the JSON appears in its table's row. A synthetic evaluation.json (made here, never committed as a result)
 exercises the same code on a full set of rows.
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import require
-from superres import report as rp
-from superres.latex import tex
-from superres.report_eval import eval_files, method_label
-from superres.report_model import _fmt_params, arch_files
-from superres.results import load_json
+from superres.evaluation.results import load_json
+from superres.writeup import report as rp
+from superres.writeup.latex import tex
+from superres.writeup.report_eval import eval_files, method_label
+from superres.writeup.report_model import _fmt_params, arch_files
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATION = REPO / "Code" / "results" / "evaluation.json"
@@ -118,7 +118,7 @@ def test_generated_tables_match_committed_evaluation_json():
 
 def test_readme_tables_match_committed_evaluation_json():
     """The README's results tables are exactly what `python -m superres report` makes from evaluation.json."""
-    from superres.evaluation_output import README_BEGIN, README_END, readme_results
+    from superres.evaluation.evaluation_output import README_BEGIN, README_END, readme_results
     readme = (REPO / "README.md").read_text()
     block = readme[readme.index(README_BEGIN) + len(README_BEGIN):readme.index(README_END)]
     assert block.strip() == readme_results(load_json(EVALUATION)).strip(), \
@@ -170,8 +170,8 @@ def test_tex_escaping():
 def test_arch_diagram_from_the_real_networks(tmp_path):
     from PIL import Image
 
-    from superres.arch_diagram import describe, draw
-    from superres.models import Generator, UnetConfig, n_params
+    from superres.training.models import Generator, UnetConfig, n_params
+    from superres.writeup.arch_diagram import describe, draw
     desc = describe(None)
     assert desc["generator"]["params"] == n_params(Generator(UnetConfig()))
     assert [lvl["channels"] for lvl in desc["generator"]["encoder"]][-1] == desc["generator"]["middle_channels"]
@@ -188,7 +188,7 @@ def test_the_report_builds_from_stored_results_without_torch(tmp_path):
     """`python -m superres report` (without --measure) reads the networks' description and the degradation figure
     that `--measure` stored, imports neither torch nor fastai, and remakes the committed files from them."""
     shutil.copytree(REPO / "Report", tmp_path / "Report", ignore=shutil.ignore_patterns("build", "*.pdf"))
-    code = ("import sys; from pathlib import Path; from superres import report; "
+    code = ("import sys; from pathlib import Path; from superres.writeup import report; "
             f"report.generate(Path({str(tmp_path)!r}), log=lambda *a: None); "
             "print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -201,7 +201,7 @@ def test_the_report_builds_from_stored_results_without_torch(tmp_path):
 
 def test_a_stale_networks_description_is_refused(tmp_path):
     """A description made for another model card stops the build with the command that remakes it."""
-    from superres.report_model import NETWORKS_JSON, networks_description
+    from superres.writeup.report_model import NETWORKS_JSON, networks_description
     desc = json.loads((GENERATED / NETWORKS_JSON).read_text())
     (tmp_path / NETWORKS_JSON).write_text(json.dumps({**desc, "model_card_created": "2000-01-01"}))
     with pytest.raises(RuntimeError, match="report --measure"):

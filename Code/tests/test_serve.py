@@ -1,11 +1,11 @@
-"""How `python -m superres serve` finds the web app: Web_App/app.py, loaded by its path (superres.serve)."""
+"""How `python -m superres serve` finds the web app: Web_App/app.py, loaded by its path (superres.runtime.serve)."""
 import ast
 import os
 import subprocess
 import sys
 
 from conftest import REPO
-from superres import serve
+from superres.runtime import serve
 
 APP = REPO / "Code" / "Web_App" / "app.py"
 
@@ -18,13 +18,15 @@ def test_serve_loads_the_web_app_beside_the_package_once():
 
 
 def test_the_web_app_uses_the_package_but_never_serve():
-    imported = set()   # "superres.x" for `from superres.x import ...` and for `from superres import x`
+    imported = set()   # "superres.runtime.x" for `from superres.runtime.x import` and `from superres.runtime import x`
     for node in ast.walk(ast.parse(APP.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("superres"):
-            imported |= ({f"superres.{a.name}" for a in node.names} if node.module == "superres" else {node.module})
-    assert imported and "superres.serve" not in imported
-    assert imported <= {"superres.imaging", "superres.inference", "superres.jobs", "superres.model_folder",
-                        "superres.upload", "superres.DEFAULT_MODEL_DIR", "superres.__version__"}
+            packages = ("superres", "superres.runtime")
+            imported |= ({f"{node.module}.{a.name}" for a in node.names} if node.module in packages else {node.module})
+    assert imported and "superres.runtime.serve" not in imported
+    assert imported <= {"superres.runtime.imaging", "superres.runtime.inference", "superres.runtime.jobs",
+                        "superres.runtime.model_folder", "superres.runtime.upload", "superres.DEFAULT_MODEL_DIR",
+                        "superres.__version__"}
 
 
 def test_a_missing_web_app_folder_is_a_clear_error(tmp_path):

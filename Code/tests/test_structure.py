@@ -31,17 +31,18 @@ def test_a_serving_module_that_imports_torch_breaks_the_contract(tmp_path):
     shutil.copytree(PACKAGE, tmp_path / "superres", ignore=shutil.ignore_patterns("default_model", "__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     assert lint_imports(tmp_path / "pyproject.toml", tmp_path).returncode == 0      # the copy holds as it is
-    inference = tmp_path / "superres" / "inference.py"
+    inference = tmp_path / "superres" / "runtime" / "inference.py"
     inference.write_text(inference.read_text() + "\nimport torch\n")
     res = lint_imports(tmp_path / "pyproject.toml", tmp_path)
     assert res.returncode != 0, res.stdout + res.stderr
-    assert "superres.inference is not allowed to import torch" in res.stdout
-    assert "superres.upload -> superres.inference" in res.stdout                      # and what uses it, indirectly
+    assert "superres.runtime.inference is not allowed to import torch" in res.stdout
+    assert "superres.runtime.upload -> superres.runtime.inference" in res.stdout   # and what uses it, indirectly
 
 
 def test_the_evaluation_and_its_tables_load_without_torch():
     """evaluate imports torch only inside the functions that score; loading it (and the tables) needs none."""
-    code = ("import sys, superres.results, superres.evaluate, superres.report_eval, superres.latex; "
+    code = ("import sys, superres.evaluation.results, superres.evaluation.evaluate, superres.writeup.report_eval, "
+            "superres.writeup.latex; "
             "print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin"})

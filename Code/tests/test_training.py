@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from superres.data import Degradation, make_pair, sr_dataloaders
-from superres.export import export_onnx
-from superres.losses import (
+from superres.training.data import Degradation, make_pair, sr_dataloaders
+from superres.training.export import export_onnx
+from superres.training.losses import (
     FeatureLoss,
     LatticeLoss,
     MSELoss,
@@ -24,8 +24,8 @@ from superres.losses import (
     make_loss,
     phase_offsets,
 )
-from superres.metrics import psnr_y, ssim_y
-from superres.models import (
+from superres.training.metrics import psnr_y, ssim_y
+from superres.training.models import (
     Generator,
     UnetConfig,
     UpscalePhases,
@@ -340,9 +340,9 @@ def test_onnx_matches_torch_at_other_sizes(tmp_path):
 # ---- the four stages, for real, on photos that packages ship -------------------------------------
 @pytest.mark.slow
 def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos):
-    from superres.export import export_runs, network_files
-    from superres.inference import Enhancer
-    from superres.train import TrainConfig, train
+    from superres.runtime.inference import Enhancer
+    from superres.training.export import export_runs, network_files
+    from superres.training.train import TrainConfig, train
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "x2"), scale=2,
                       generator=SMALL, critic_nf=16, hr_size=64, bs=2, repeats=2, epochs_gen=2, epochs_critic=1,
                       epochs_gan=1, epochs_polish=1, loss="weightfree", critic_sees="highpass",
@@ -380,7 +380,7 @@ def test_four_stages_train_resume_and_export_both_scales(tmp_path, sample_photos
                     loss="mse", init=str(tmp_path / "x4" / "checkpoints" / "generator_faithful.pt"))
     train(cfg4j, stages=("generator",))
     # mark the polished x2 network (+0.1 on every output pixel) to see which one the export takes for strength 1
-    from superres.models import load_network, save_network
+    from superres.training.models import load_network, save_network
     marked = load_network(ck / "generator_polished.pt")
     marked.head[0][0].bias.data += 0.1
     save_network(marked, ck / "generator_polished.pt")
@@ -418,7 +418,7 @@ def test_gan_ema_averages_the_generator_only():
 
     from fastai.vision.gan import GANModule
 
-    from superres.callbacks import EMA
+    from superres.training.callbacks import EMA
     gan = GANModule(torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 1, 1))
     start, critic = gan.generator.weight.detach().clone(), gan.critic.weight.detach().clone()
     ema = EMA(0.75, part="generator")
@@ -438,7 +438,7 @@ def test_time_budget_ema_and_fine_tuning(tmp_path, sample_photos):
     saved, and --init fine-tunes from a checkpoint."""
     import time
 
-    from superres.train import TrainConfig, train
+    from superres.training.train import TrainConfig, train
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "a"), scale=2,
                       generator=SMALL, hr_size=64, bs=2, repeats=1, minutes_gen=0.1, loss="weightfree")
     t = time.perf_counter()
@@ -475,7 +475,7 @@ def test_photos_too_small_for_a_crop_are_left_out(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_interrupted_stage_resumes_from_its_epoch_checkpoint(tmp_path, sample_photos):
-    from superres.train import Run, TrainConfig, dataloaders, train_generator
+    from superres.training.train import Run, TrainConfig, dataloaders, train_generator
     cfg = TrainConfig(data=str(sample_photos), valid=str(sample_photos), run_dir=str(tmp_path / "run"), scale=2,
                       generator=SMALL, hr_size=64, bs=2, repeats=2, epochs_gen=1, loss="weightfree")
     run = Run(cfg)
@@ -494,7 +494,7 @@ def test_critic_learns_to_tell_bicubic_from_real(sample_photos):
     """The critic must be able to learn at all: bicubic x2 of real photo crops vs. the crops themselves."""
     from fastai.vision.gan import AdaptiveLoss
 
-    from superres.data import image_files, load_photo, random_crop
+    from superres.training.data import image_files, load_photo, random_crop
     torch.manual_seed(0)
     rng = random.Random(0)
     photos = [load_photo(str(p), 512) for p in image_files(sample_photos)]
@@ -515,8 +515,8 @@ def test_critic_learns_to_tell_bicubic_from_real(sample_photos):
 
 def test_onnx_strength_blend_equals_torch_output_blend(tmp_path):
     """The Enhancer's strength must be the same blend of the two generators' outputs as in torch."""
-    from superres.export import export_models
-    from superres.inference import Enhancer
+    from superres.runtime.inference import Enhancer
+    from superres.training.export import export_models
     torch.manual_seed(0)
     faithful, gan = Generator(SMALL).eval(), Generator(SMALL).eval()
     with torch.no_grad():
@@ -544,10 +544,10 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
     stays within a grey level of the float network's on average, and the Enhancer serves the folder as any other."""
     import onnx
 
-    from superres.data import Degradation
-    from superres.export import export_models
-    from superres.inference import Enhancer
-    from superres.quantize import FLOAT_CONVS, calibration_inputs
+    from superres.runtime.inference import Enhancer
+    from superres.training.data import Degradation
+    from superres.training.export import export_models
+    from superres.training.quantize import FLOAT_CONVS, calibration_inputs
     torch.manual_seed(0)
     faithful, gan = Generator(SMALL).eval(), Generator(SMALL).eval()
     with torch.no_grad():
@@ -566,7 +566,7 @@ def test_int8_export_is_quantised_close_to_float_and_served(tmp_path, sample_pho
     assert len(kept) == 2 and all(c.input[0] not in quantised for c in kept)  # ... but the skip and the head
     assert card["int8"]["mean_abs_error_vs_torch"]["x2_faithful"] < 3 / 255   # 7-bit weights; the trained x4: 0.0012
     # what this CPU's int8 kernels compute equals the graph's own arithmetic (QDQ step by step, no fused kernels):
-    # with 8-bit weights, CPUs without VNNI saturated (0.025 apart on this network; see superres.quantize)
+    # with 8-bit weights, CPUs without VNNI saturated (0.025 apart on this network; see superres.training.quantize)
     fused, stepwise = ort.SessionOptions(), ort.SessionOptions()
     stepwise.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     runs = [ort.InferenceSession(str(tmp_path / "int8" / "x2_faithful.onnx"), so, providers=["CPUExecutionProvider"])

@@ -172,7 +172,7 @@ def test_a_fake_jpg_is_refused_before_enhance(browser, webapp_url, tmp_path):
     page.goto(webapp_url)
     page.set_input_files("#file", str(fake))
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
-    # the server's own words for such a file (superres.imaging)
+    # the server's own words for such a file (superres.runtime.imaging)
     assert page.text_content("#error") == ("This file is not an image we can read. "
                                            "Use PNG, JPEG, WebP, GIF, BMP or TIFF.")
     assert page.is_disabled("#enhance") and page.text_content("#output-size") == ""

@@ -10,7 +10,7 @@
   };
   const ACCEPTED = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff"];
 
-  // the server's own words for a file it cannot read (superres.imaging.UnsupportedImage)
+  // the server's own words for a file it cannot read (superres.runtime.imaging.UnsupportedImage)
   const NOT_AN_IMAGE = "This file is not an image we can read. Use PNG, JPEG, WebP, GIF, BMP or TIFF.";
 
   let file = null;           // the chosen File, once it is known to be an image

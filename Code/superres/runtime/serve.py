@@ -6,10 +6,10 @@
 The models are fetched (MODEL_URL) and loaded before the server starts listening, so a missing or damaged
 model stops it at once with a plain message instead of a server that answers errors.
 
-The job store is chosen here, once: with REDIS_URL set, jobs go on Redis (superres.redis_jobs.RedisJobs) and
+The job store is chosen here, once: with REDIS_URL set, jobs go on Redis (superres.runtime.redis_jobs.RedisJobs) and
 `python -m superres worker` processes run them, so several web processes behind a load balancer share them; a Redis
 that cannot be reached at start stops the server with one line (exit 2). Without it, the web app runs jobs on its
-own threads (superres.jobs.Jobs), as a single process needs nothing else.
+own threads (superres.runtime.jobs.Jobs), as a single process needs nothing else.
 
 How the two halves meet: the web app (Code/Web_App: app.py, templates, static files) is not part of the
 installed package, so it cannot be imported by name. `load_webapp` loads Web_App/app.py by its path, as the
@@ -30,7 +30,7 @@ WEBAPP_MODULE = "superres_webapp"
 
 
 def webapp_dir() -> Path:
-    return Path(os.environ.get("SUPERRES_WEBAPP_DIR") or Path(__file__).resolve().parents[1] / "Web_App")
+    return Path(os.environ.get("SUPERRES_WEBAPP_DIR") or Path(__file__).resolve().parents[2] / "Web_App")
 
 
 def load_webapp():
@@ -77,15 +77,15 @@ def add_arguments(p):
 def run(args) -> int:
     import uvicorn
 
-    from .inference import ModelError
-    from .jobs import Unavailable
+    from superres.runtime.inference import ModelError
+    from superres.runtime.jobs import Unavailable
     loaded = load_settings(args)
     if loaded is None:
         return 2
     webapp, settings = loaded
     conn = None
     if settings.redis_url:
-        from . import redis_jobs
+        from superres.runtime import redis_jobs
         try:
             conn = redis_jobs.connect(settings.redis_url)
         except Unavailable as e:

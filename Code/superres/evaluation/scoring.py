@@ -1,6 +1,6 @@
 """Scoring for `python -m superres evaluate`: every method on every image of the test sets, each output scored
-against its HR (superres.metrics, HaarPSI from piq; on the face sets also the identity distance of
-superres.identity, the face found on the HR and its box reused on every output), then averaged per
+against its HR (superres.training.metrics, HaarPSI from piq; on the face sets also the identity distance of
+superres.evaluation.identity, the face found on the HR and its box reused on every output), then averaged per
 (set, scale, method, strength). The only part of the evaluation that imports torch."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from .benchmark import build_methods, image_names, load_enhancer, load_pair, log_progress
-from .evaluation_output import SAMPLE_SCALE, SAMPLE_SETS
-from .results import DIGITS, FACE_SETS, IDENTITY, MEDIAN_SCORES, PERCEPTUAL, REAL_SETS, SCORES
+from superres.evaluation.benchmark import build_methods, image_names, load_enhancer, load_pair, log_progress
+from superres.evaluation.evaluation_output import SAMPLE_SCALE, SAMPLE_SETS
+from superres.evaluation.results import DIGITS, FACE_SETS, IDENTITY, MEDIAN_SCORES, PERCEPTUAL, REAL_SETS, SCORES
 
 
 def to_tensor(rgb: np.ndarray):
@@ -25,7 +25,7 @@ def score(out: np.ndarray, hr, scale: int) -> dict:
     the same size; `scale` pixels are shaved on each side."""
     import piq
 
-    from .metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim_y
+    from superres.training.metrics import high_freq_ratio, lattice, psnr_y, rgb_to_y, spectral_distance, ssim_y
     y = hr if not isinstance(hr, np.ndarray) else to_tensor(hr)
     h, w = min(out.shape[0], y.shape[2]), min(out.shape[1], y.shape[3])
     x, y = to_tensor(out[:h, :w]), y[..., :h, :w]
@@ -64,7 +64,7 @@ def _evaluate_image(job) -> tuple[list[dict], dict, dict]:
     hr_t = to_tensor(hr)
     face, ids = None, None
     if set_name in FACE_SETS:
-        from .identity import shared
+        from superres.evaluation.identity import shared
         ids = shared()
         face = ids.find(hr)
     rows, cpu, kept = [], defaultdict(float), {}

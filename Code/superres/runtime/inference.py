@@ -13,11 +13,11 @@ Real-ESRGAN's `RealESRGANer`:
   half the threads (`_paired`): ONNX Runtime's convolutions gain much less than twice from a second core, so
   two one-thread runs at once beat two two-thread runs in turn. Larger images run them in turn, so their peak
   memory stays that of one tile run;
-* the input's kind is read from its pixels before tiling (`superres.compression.input_kind`, up to a centred
+* the input's kind is read from its pixels before tiling (`superres.runtime.compression.input_kind`, up to a centred
   1024 px crop): "clean", "jpeg" (JPEG-compressed, otherwise sharp) or "real" (compressed and soft: blurred,
   resized, noised first). A scale may have two more networks for them: `xS_faithful_jpeg` (trained on JPEG inputs)
   stands in for the faithful network on "jpeg" inputs, `xS_gan_real` (trained on the real-world chain,
-  `superres.degradations`) for the GAN one on "real" inputs; `jpeg=True/False` overrides the
+  `superres.training.degradations`) for the GAN one on "real" inputs; `jpeg=True/False` overrides the
   detection ("jpeg" / "clean");
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
@@ -40,9 +40,9 @@ import onnxruntime as ort
 from PIL import Image
 
 # The model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too.
-from . import DEFAULT_MODEL_DIR
-from .compression import input_kind
-from .model_folder import KINDS, ModelError, read_card, verify_model_dir
+from superres import DEFAULT_MODEL_DIR
+from superres.runtime.compression import input_kind
+from superres.runtime.model_folder import KINDS, ModelError, read_card, verify_model_dir
 
 STRENGTH_STEP = 0.05
 # Largest side (in pixels) of what one network run sees when `tile` is left to us. The U-Net's
@@ -90,7 +90,7 @@ class Cancelled(Exception):
 
 
 class Enhancer:
-    """Upscale PIL images x2 or x4 with a model folder (see `superres.model_folder` for its contract)."""
+    """Upscale PIL images x2 or x4 with a model folder (see `superres.runtime.model_folder` for its contract)."""
 
     def __init__(self, model_dir=None, threads: int = 0, verify: bool = True):
         self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
@@ -169,7 +169,7 @@ class Enhancer:
 
     def input_kind(self, rgb: np.ndarray, scale: int, jpeg: bool | None = None) -> str:
         """The kind of this (H, W, 3) uint8 input for the x`scale` networks: "jpeg" / "clean" if `jpeg` is True /
-        False, else read from its pixels (`superres.compression.input_kind`; only where the scale has a network
+        False, else read from its pixels (`superres.runtime.compression.input_kind`; only where the scale has a network
         for compressed inputs: otherwise "clean")."""
         if jpeg is not None:
             return "jpeg" if jpeg else "clean"
@@ -260,7 +260,7 @@ class Enhancer:
             progress(0, total)
         nets = self.networks(scale, strength, self.input_kind(rgb, scale, jpeg))
         ph, pw = -h % m, -w % m
-        if ph or pw:   # the same padding as superres.models.pad_to_multiple
+        if ph or pw:   # the same padding as superres.training.models.pad_to_multiple
             mode = "reflect" if (ph < h and pw < w) else "edge"
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode=mode)
         hp, wp = rgb.shape[:2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .results import (
+from superres.evaluation.results import (
     DISPLAY,
     FACE_SETS,
     IDENTITY,
@@ -137,7 +137,8 @@ def markdown_report(report: dict) -> str:
         if report.get("input_kinds"):
             used = "; ".join(f"{task} " + ", ".join(f"{n} {k}" for k, n in kinds.items())
                              for task, kinds in report["input_kinds"].items())
-            lines += ["How the inputs were read (`superres.compression.input_kind`; clean: the faithful and GAN "
+            lines += ["How the inputs were read (`superres.runtime.compression.input_kind`; clean: the faithful "
+                      "and GAN "
                       "networks, jpeg: the JPEG-trained faithful network and the real-world GAN, real: the faithful "
                       f"network and the real-world GAN): {used}.", ""]
     lines += ["PSNR and SSIM on Y (BT.601) with `scale` pixels shaved; HaarPSI (piq, RGB, weight-free; higher is "
@@ -193,7 +194,7 @@ def degradation_text(degradation: dict) -> str:
         scales = sorted(by_scale, key=int, reverse=True)
         parts.append(f"`{set_name}` (×{', ×'.join(scales)})")
     d = next(iter(next(iter(degradation.values())).values()))
-    return (f"the HR of the clean set, degraded once by `superres.degradations.RealWorld`, "
+    return (f"the HR of the clean set, degraded once by `superres.training.degradations.RealWorld`, "
             f"Real-ESRGAN's second-order model as training uses it, seeded by the file name so every run "
             f"sees the same inputs: {', '.join(parts)}. Round 1: {_round_text(d['first'], ' HR px at ×4')}; round 2 "
             f"(p {d['second_prob']:g}): {_round_text(d['second'], '')}; then a resize to the LR size (area, "

@@ -28,7 +28,7 @@ from fastai.vision.all import (
 from fastai.vision.gan import gan_critic
 from torch import nn
 
-from .options import option
+from superres.training.options import option
 
 # The U-Net needs sides that divide by the encoder's total stride; callers pad (see `pad_to_multiple`).
 SIZE_MULTIPLE = 32
@@ -254,7 +254,7 @@ def load_network(path) -> Generator:
 
 def blend_outputs(faithful_out: torch.Tensor, gan_out: torch.Tensor, strength: float) -> torch.Tensor:
     """The output at `strength`: 0 = the faithful (pre-GAN) generator's, 1 = the GAN generator's, in between
-    (1 - s) * faithful + s * gan, as `superres.inference.Enhancer` blends the ONNX outputs. Blending outputs,
+    (1 - s) * faithful + s * gan, as `superres.runtime.inference.Enhancer` blends the ONNX outputs. Blending outputs,
     not weights (ESRGAN's network interpolation): the interpolated networks drew a grid neither end has."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")

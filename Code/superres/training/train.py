@@ -6,7 +6,7 @@
     4. polish      the GAN generator against its own frozen output + the lattice loss -> generator_polished.pt
 
 One run trains one scale (`--scale 4` or `--scale 2`): the generator works at the input's size and its
-PixelShuffle head makes the output, so x4 is one network, not a chain. `superres.export.export_runs` puts
+PixelShuffle head makes the output, so x4 is one network, not a chain. `superres.training.export.export_runs` puts
 the x4 and x2 runs into one model folder.
 
 Every stage checkpoints each epoch into <run>/checkpoints and resumes from there when re-run; a stage
@@ -36,7 +36,8 @@ from fastai.torch_core import distrib_barrier, num_distrib
 from fastai.vision.gan import AdaptiveGANSwitcher, AdaptiveLoss, GANDiscriminativeLR, GANLearner, accuracy_thresh_expand
 from torch import nn
 
-from .callbacks import (
+from superres.runtime.model_folder import STAGES  # the stage names, in the order the model card records them
+from superres.training.callbacks import (
     EMA,
     CPUSpeedup,
     CudaSpeedup,
@@ -47,14 +48,21 @@ from .callbacks import (
     StepTimer,
     TimeBudget,
 )
-from .data import Degradation, sr_dataloaders
-from .degradations import RealWorld
-from .distributed import ddp, init_distributed, is_main
-from .losses import PolishLoss, WithLattice, make_loss
-from .metrics import psnr_y, ssim_y
-from .model_folder import STAGES  # the stage names, in the order the model card records them
-from .models import CRITIC_INPUTS, Generator, UnetConfig, load_network, make_critic, n_params, save_network
-from .options import add_options, from_options, option
+from superres.training.data import Degradation, sr_dataloaders
+from superres.training.degradations import RealWorld
+from superres.training.distributed import ddp, init_distributed, is_main
+from superres.training.losses import PolishLoss, WithLattice, make_loss
+from superres.training.metrics import psnr_y, ssim_y
+from superres.training.models import (
+    CRITIC_INPUTS,
+    Generator,
+    UnetConfig,
+    load_network,
+    make_critic,
+    n_params,
+    save_network,
+)
+from superres.training.options import add_options, from_options, option
 
 
 def minutes_option(stage: str, epochs_flag: str):
@@ -112,7 +120,8 @@ class TrainConfig:
     degradation: str = option("first-order", choices=["first-order", "real"],
                               help="how inputs are made: first-order (blur, resize, noise, JPEG once, on PIL images in "
                                    "the loading workers; the options below) or real (the real-world second-order chain "
-                                   "of superres.degradations, on whole batches on the training device; of the options "
+                                   "of superres.training.degradations, on whole batches on the training device; "
+                                   "of the options "
                                    "below only --clean-prob applies)")
     clean_prob: float = option(0.4, help="share of inputs made by plain bicubic down-scaling (the rest are "
                                          "blurred, resized, noised, JPEG'd)")

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from .data import Degradation, random_crop, to_tensor
-from .models import Generator, blend_outputs, upscale
+from superres.training.data import Degradation, random_crop, to_tensor
+from superres.training.models import Generator, blend_outputs, upscale
 
 
 def to_image(t: torch.Tensor):
@@ -104,7 +104,7 @@ def score_table(dl, methods: dict, scale: int, border: int | None = None):
     for bicubic and for each `methods` entry (name -> tuple of networks run in turn). Returns a DataFrame."""
     import pandas as pd
 
-    from .metrics import psnr_y, ssim_y
+    from superres.training.metrics import psnr_y, ssim_y
     border = scale if border is None else border
     sums, count = {}, 0
     for lr, hr in dl:

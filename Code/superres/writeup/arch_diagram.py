@@ -1,13 +1,13 @@
 """The architecture diagram (arch_srgan.png), drawn from the real networks.
 
-`describe()` builds the x4 and x2 generators and the critic with `superres.models` on the CPU (random
+`describe()` builds the x4 and x2 generators and the critic with `superres.training.models` on the CPU (random
 weights, a few seconds), runs one low-resolution batch through them with forward hooks and records what
 each part really is: encoder levels (channels, resolution, blocks), decoder blocks (channels, which one
 has self-attention), the trunk, the PixelShuffle head, the critic's layers and every parameter count. `draw()` turns
 that description into a matplotlib figure (no torch), so the picture changes when the models do.
 
 `python -m superres report --measure` stores the description in Report/generated/networks.json
-(superres.report_torch); `python -m superres report` draws the figure from it.
+(superres.writeup.report_torch); `python -m superres report` draws the figure from it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PROBE = 64          # side of the low-resolution probe input (the training LR cr
 
 # ---- what the networks are -------------------------------------------------------------------------
 def _unet_config(d: dict | None):
-    from .models import UnetConfig
+    from superres.training.models import UnetConfig
     if not d:
         return UnetConfig()
     names = {f.name for f in fields(UnetConfig)}
@@ -41,7 +41,7 @@ def describe_generator(cfg) -> dict:
     """Levels, blocks and parameter counts of one `Generator(cfg)`, from a probe forward pass."""
     import torch
 
-    from .models import Generator, n_params
+    from superres.training.models import Generator, n_params
     g = Generator(cfg).eval()
     enc = g.unet.layers[0]
     shapes = {}
@@ -115,7 +115,7 @@ def describe_critic(nf: int) -> dict:
     import torch
     from torch import nn
 
-    from .models import make_critic, n_params
+    from superres.training.models import make_critic, n_params
     c = make_critic(nf=nf).eval()
     convs = []
     for m in c.modules():
@@ -135,7 +135,7 @@ def describe(model_card: dict | None = None, train_config: dict | None = None, l
     `generator` is the x4 one (drawn in full), `generator_x2` the x2 one."""
     from dataclasses import replace
 
-    from .train import TrainConfig
+    from superres.training.train import TrainConfig
     arch = (model_card or {}).get("architecture", {})
     tc = train_config or {}
     gen_cfg = _unet_config(arch.get("x4") or tc.get("generator"))
@@ -156,7 +156,7 @@ def describe(model_card: dict | None = None, train_config: dict | None = None, l
     for key, name in (("x4", "generator"), ("x2", "generator_x2")):
         if key in card_params and card_params[key] != desc[name]["params"]:
             raise RuntimeError(f"{key}: the model card says {card_params[key]} parameters, the rebuilt network "
-                               f"has {desc[name]['params']}: the card and superres.models disagree")
+                               f"has {desc[name]['params']}: the card and superres.training.models disagree")
     return desc
 
 
@@ -166,8 +166,8 @@ COLORS = {"enc": "#dbe9f6", "dec": "#fde3c8", "mid": "#e4dcf1", "head": "#d5efd5
 
 
 def loss_text(name: str | None) -> str:
-    """The training loss in words, with the weights `superres.losses` really uses."""
-    from .losses import FeatureLoss, WeightFreeLoss
+    """The training loss in words, with the weights `superres.training.losses` really uses."""
+    from superres.training.losses import FeatureLoss, WeightFreeLoss
     if name == "weightfree":
         w = WeightFreeLoss()
         return f"L1 + {w.w_ssim:g} (1 - SSIM) + {w.w_grad:g} L1 of image gradients (weight-free loss)"
@@ -353,7 +353,8 @@ def draw(desc: dict, path=None, dpi: int = 110):
     ax.text(83, cy + 9.2, "L (1, 3)", fontsize=11, color=COLORS["loss"], weight="bold", ha="center")
     label(98, cyy + 16.2, "BCE (2), adversarial (3)", fs=11, color=COLORS["loss"], weight="bold")
 
-    ax.text(1, 0.8, f"drawn by superres.arch_diagram from {desc['source']}; parameter counts from the built modules",
+    ax.text(1, 0.8, f"drawn by superres.writeup.arch_diagram from {desc['source']}; "
+            "parameter counts from the built modules",
             ha="left", va="bottom", fontsize=9, color="#666666")
     if path is not None:
         fig.savefig(path, dpi=dpi, metadata={"Software": None})

@@ -9,8 +9,9 @@ A job store is what the web app calls, all of it `async`: `full`, `submit`, `wai
 
 * `Jobs` (here, the default): `workers` threads in this process, at most `workers + queue` jobs admitted at a time,
   jobs and results in this process's memory;
-* `superres.redis_jobs.RedisJobs` (with REDIS_URL): the jobs on Redis, run by `python -m superres worker` processes,
-  so that any web process can follow, fetch and cancel any job. `superres.serve` chooses between them.
+* `superres.runtime.redis_jobs.RedisJobs` (with REDIS_URL): the jobs on Redis, run by `python -m superres worker`
+  processes, so that any web process can follow, fetch and cancel any job. `superres.runtime.serve` chooses between
+  them.
 
 In both, jobs kept for later collection (`keep`) expire `ttl_s` after they end, and their results together stay under
 `max_results_bytes` (the oldest go first; the newest result is always kept). A store that cannot reach its backend
@@ -28,10 +29,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .imaging import ImageError, encode, load_image
-from .inference import Cancelled, Enhancer
+from superres.runtime.imaging import ImageError, encode, load_image
+from superres.runtime.inference import Cancelled, Enhancer
 
-log = logging.getLogger("superres.jobs")
+log = logging.getLogger("superres.runtime.jobs")
 
 
 class Busy(Exception):
@@ -51,7 +52,7 @@ class Job:
     scale: int
     strength: float
     filename: str
-    format: str = "png"                 # a key of superres.imaging.OUTPUT_FORMATS
+    format: str = "png"                 # a key of superres.runtime.imaging.OUTPUT_FORMATS
     quality: int | None = None
     id: str = field(default_factory=lambda: secrets.token_urlsafe(18))   # unguessable
     state: str = "queued"               # queued | running | done | failed | cancelled

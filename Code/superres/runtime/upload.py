@@ -14,11 +14,11 @@ import asyncio
 import math
 from typing import TYPE_CHECKING
 
-from .imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
-from .jobs import Job
+from superres.runtime.imaging import OUTPUT_FORMATS, ImageError, ImageTooLarge, probe
+from superres.runtime.jobs import Job
 
 if TYPE_CHECKING:   # only named in annotations
-    from .inference import Enhancer
+    from superres.runtime.inference import Enhancer
 
 FORM_SLACK = 64 * 1024          # what the multipart boundaries and the other fields may add to the file's size
 # Padding to the network's multiple and the context around tiles make an ordinary photo cost up to ~1.2x the work

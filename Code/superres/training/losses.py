@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import rgb_to_y, ssim
-from .models import blend_outputs
+from superres.training.metrics import rgb_to_y, ssim
+from superres.training.models import blend_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,7 +126,7 @@ class LatticeLoss(nn.Module):
     """Grid cost: how much more the output's power spectrum peaks at the lattice frequencies (multiples of 1/8
     cycle per pixel, where a PixelShuffle or strided grid of period 2, 4 or 8 shows) than the target's does.
 
-    The differentiable counterpart of `superres.metrics.lattice`, with the same prominence: mean power
+    The differentiable counterpart of `superres.training.metrics.lattice`, with the same prominence: mean power
     of the bin's 3x3 neighbourhood over the median of its 9x9 one, on luma under a Hann window. One-sided (only
     an excess costs), in log10: per image the mean over the 63 bins (a gradient for every bin) plus the worst bin
     (what the measure reports), averaged over the batch.

@@ -1,7 +1,7 @@
 """The test sets and the methods that `python -m superres evaluate` compares (see its docstring): how each
 set's (LR, HR) pairs are made, and the upscalers (PIL resizes, OpenCV's FSRCNN / ESPCN / LapSRN, Real-ESRGAN
 x4plus through ncnn, ours). Torch stays out (the timing children import this): the real-world sets' chain
-(superres.degradations) is imported when their first pair is made."""
+(superres.training.degradations) is imported when their first pair is made."""
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .imaging import EXTENSIONS
-from .results import BENCHMARK_SETS, METHODS, PORTRAIT_SETS, REAL_SETS, SCALES, label
+from superres.evaluation.results import BENCHMARK_SETS, METHODS, PORTRAIT_SETS, REAL_SETS, SCALES, label
+from superres.runtime.imaging import EXTENSIONS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PORTRAIT_SIDE = 512
 PEERS = {"fsrcnn": "FSRCNN", "espcn": "ESPCN", "lapsrn": "LapSRN"}   # method -> file prefix in peers/opencv
 
@@ -83,15 +83,16 @@ def real_hr_folder(root: Path, set_name: str) -> Path:
 
 @lru_cache(maxsize=4)
 def real_chain(scale: int):
-    """The real-world degradation of evaluation: superres.degradations.RealWorld at its defaults (no clean share)."""
-    from .degradations import RealWorld
+    """The real-world degradation of evaluation: superres.training.degradations.RealWorld at its defaults (no clean
+    share)."""
+    from superres.training.degradations import RealWorld
     return RealWorld(scale=scale)
 
 
 def degradation_record(set_name: str, scale: int) -> dict:
     """What evaluation.json records of a real-world set's inputs: the chain's ranges and how it is seeded."""
-    from .degradations import seed_for
-    return {**real_chain(scale).to_dict(), "seed": f"superres.degradations.seed_for(file name), e.g. "
+    from superres.training.degradations import seed_for
+    return {**real_chain(scale).to_dict(), "seed": f"superres.training.degradations.seed_for(file name), e.g. "
             f"{seed_for('frll_126_03.jpg')} for frll_126_03.jpg", "hr": str(REAL_SETS[set_name])}
 
 
@@ -127,7 +128,7 @@ def load_pair(root: Path, set_name: str, scale: int, hr_path: Path) -> tuple[np.
         hr = portrait_hr(str(hr_path))
         lr = make_lr(hr, scale, PORTRAIT_SETS[set_name])
     elif set_name in REAL_SETS:
-        from .degradations import seed_for
+        from superres.training.degradations import seed_for
         if REAL_SETS[set_name] in PORTRAIT_SETS:
             hr = portrait_hr(str(hr_path))
         else:
@@ -289,7 +290,7 @@ class RealESRGAN(Method):
 
 
 class Ours(Method):
-    """The shipped path: superres.inference.Enhancer.enhance (ONNX Runtime, tiling, strength blending)."""
+    """The shipped path: superres.runtime.inference.Enhancer.enhance (ONNX Runtime, tiling, strength blending)."""
 
     def __init__(self, enhancer, strength: float | None = None, tile: int | None = None):
         self.name, self.enhancer, self.tile = "ours", enhancer, tile
@@ -301,7 +302,7 @@ class Ours(Method):
 
 
 def load_enhancer(model_dir, threads: int = 0):
-    from .inference import Enhancer, ModelError
+    from superres.runtime.inference import Enhancer, ModelError
     try:
         return Enhancer(model_dir, threads=threads)
     except ModelError as e:

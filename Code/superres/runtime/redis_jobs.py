@@ -1,5 +1,6 @@
 """The job store on Redis (REDIS_URL): web processes enqueue and follow jobs, `python -m superres worker` processes run
-them. The same interface as the in-memory `superres.jobs.Jobs`, so any web process can follow, fetch and cancel any job.
+them. The same interface as the in-memory `superres.runtime.jobs.Jobs`, so any web process can follow, fetch and
+cancel any job.
 
 RQ carries each job (queue `superres`, the RQ job id is the job's id): its queue gives the queue position, its
 registries and worker heartbeats find a job whose worker died, and `Retry(max=1)` runs such a job once more on
@@ -36,10 +37,10 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import utcparse
 from rq.worker import WorkerStatus
 
-from .inference import Enhancer
-from .jobs import Busy, Job, Unavailable, run_job, view
+from superres.runtime.inference import Enhancer
+from superres.runtime.jobs import Busy, Job, Unavailable, run_job, view
 
-log = logging.getLogger("superres.redis_jobs")
+log = logging.getLogger("superres.runtime.redis_jobs")
 
 QUEUE = "superres"
 QUEUED_TTL_S = 24 * 3600          # a job no worker takes within a day is dropped
@@ -209,7 +210,7 @@ class RedisJobs:
             p.hset(_key("job", job.id), mapping=fields)
             p.expire(_key("job", job.id), QUEUED_TTL_S)
             p.set(_key("upload", job.id), job.data, ex=QUEUED_TTL_S)
-            self.queue.enqueue(perform, job.id, job_id=job.id, description="superres.redis_jobs.perform",
+            self.queue.enqueue(perform, job.id, job_id=job.id, description="superres.runtime.redis_jobs.perform",
                                job_timeout=int(self.limits["timeout_s"]) + 60,   # RQ's backstop; ours is per tile
                                # (RQ's result_ttl=0 deletes the job, which fails in RQ 3.0 after a retry: kept)
                                ttl=QUEUED_TTL_S, result_ttl=ttl, failure_ttl=ttl,

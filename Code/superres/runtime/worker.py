@@ -8,7 +8,7 @@ reports its tile progress, stops it at its next tile when it is cancelled or pas
 that accepted it (JOB_TIMEOUT_S there), and heartbeats every WORKER_HEARTBEAT_S, which /healthz counts. SIGTERM or
 SIGINT: the job at hand is finished first (a second one stops at once). `--workers N` starts N such processes, each
 with THREADS (default: the cores shared out among them), and starts again one that dies. Redis unreachable at
-start: one line and exit 2; lost later: the worker waits for it. The queue itself: superres.redis_jobs.
+start: one line and exit 2; lost later: the worker waits for it. The queue itself: superres.runtime.redis_jobs.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from . import redis_jobs
-    from .inference import ModelError, available_cores
-    from .jobs import Unavailable
-    from .serve import load_settings
+    from superres.runtime import redis_jobs
+    from superres.runtime.inference import ModelError, available_cores
+    from superres.runtime.jobs import Unavailable
+    from superres.runtime.serve import load_settings
     loaded = load_settings(args)     # the web app's settings: the same environment variables
     if loaded is None:
         return 2

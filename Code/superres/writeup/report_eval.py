@@ -1,12 +1,11 @@
-"""The write-up's evaluation parts, from evaluation.json (superres.results reads it): eval_*.tex (tables,
+"""The write-up's evaluation parts, from evaluation.json (superres.evaluation.results reads it): eval_*.tex (tables,
 lookups, findings, the real-world sets' degradation), the plan's targets, the consistency note and the sample
 grids (the clean portraits' and, apart, the real-world close-ups)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .latex import NOT_MEASURED, define, header, num, tex
-from .results import (
+from superres.evaluation.results import (
     DISPLAY,
     FACE_SETS,
     IDENTITY,
@@ -19,8 +18,9 @@ from .results import (
     task_rows,
     tasks,
 )
+from superres.writeup.latex import NOT_MEASURED, define, header, num, tex
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def method_key(method: str, strength) -> str:
@@ -132,7 +132,8 @@ def realworld_tex(report: dict) -> str:
     d = next(iter(next(iter(deg.values())).values()))
     first = _round_tex(d["first"], " high-resolution pixels at $\\times4$")
     out = [f"The real-world sets ({sets}) take the high-resolution images of the clean sets and degrade each once by "
-           "the real-world chain training uses (\\texttt{RealWorld} in \\texttt{superres.degradations}), seeded by "
+           "the real-world chain training uses (\\texttt{RealWorld} in \\texttt{superres.training.degradations}), "
+           "seeded by "
            f"the file name so that every run sees the same inputs. Round 1: {first}. "
            f"Round 2, with probability {d['second_prob']:g}: {_round_tex(d['second'])}. Then a resize to the "
            f"low-resolution size (area, bilinear or bicubic) and JPEG at a quality in [{_range(d['final_jpeg'])}]."]
@@ -308,7 +309,8 @@ def eval_files(report: dict | None) -> dict[str, str]:
 
 
 def plan_files() -> dict[str, str]:
-    """The targets the model is held to, as `superres.results` checks them, without measurements (the plan)."""
+    """The targets the model is held to, as `superres.evaluation.results` checks them, without measurements (the
+    plan)."""
     return {"plan_targets.tex": targets_tabular(check_targets([], [], 0.5), measured=False)}
 
 

@@ -1,15 +1,15 @@
 """The write-up's model parts: the model card and the training record -> model_*.tex, the networks'
-description (superres.arch_diagram, stored in networks.json by `report --measure`) -> arch_*.tex."""
+description (superres.writeup.arch_diagram, stored in networks.json by `report --measure`) -> arch_*.tex."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .latex import NOT_MEASURED, define, header, num, tex
-from .model_folder import STAGES
-from .results import load_json
+from superres.evaluation.results import load_json
+from superres.runtime.model_folder import STAGES
+from superres.writeup.latex import NOT_MEASURED, define, header, num, tex
 
 MAIN_SCALE = "x4"   # the run the report describes in detail (the x2 run is summarised beside it)
-NETWORKS_JSON = "networks.json"         # in Report/generated/: the networks' description (superres.report_torch)
+NETWORKS_JSON = "networks.json"         # in Report/generated/: the networks' description (writeup.report_torch)
 DEGRADATIONS_PNG = "degradations.png"   # in Report/generated/: draws of the training degradation (report_torch)
 LOSS_NAMES = {"weightfree": "the weight-free loss (L1 + SSIM + gradient L1)",
               "feature": "the VGG16\\_bn feature loss", "mse": "pixel MSE"}
@@ -28,10 +28,10 @@ def recorded_degradations(card: dict | None, record: dict | None) -> dict[str, d
 
 
 def degradation_source(card: dict | None, record: dict | None) -> str:
-    """Where the degradation figure's parameters come from (superres.report_torch draws it by the same rule)."""
+    """Where the degradation figure's parameters come from (superres.writeup.report_torch draws it by the same rule)."""
     if recorded_degradations(card, record).get(MAIN_SCALE):
         return f"as recorded for the {MAIN_SCALE} model"
-    return "as configured in superres.train (no recorded degradation yet)"
+    return "as configured in superres.training.train (no recorded degradation yet)"
 
 
 def networks_description(path: Path, card: dict | None) -> dict:
@@ -127,7 +127,7 @@ def _fmt_params(n: int) -> str:
 def arch_files(desc: dict) -> dict[str, str]:
     gen, gen2, critic = desc["generator"], desc["generator_x2"], desc["critic"]
     cfg = gen["config"]
-    src = "the networks built by superres.models (" + desc["source"] + ")"
+    src = "the networks built by superres.training.models (" + desc["source"] + ")"
     rows = []
     for lvl in gen["encoder"]:
         rows.append(f"encoder & {tex(' + '.join(lvl['parts']))} & {lvl['channels']} & {lvl['res']} & "

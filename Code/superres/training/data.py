@@ -2,7 +2,7 @@
 
 Two "crappify" steps: `Degradation` (first order, on PIL images in the loading workers: blur -> downscale with a
 random kernel -> noise -> JPEG; fastai's lesson used JPEG quality 10-70 only) and the real-world second-order chain
-of superres.degradations, which runs on whole batches on the training device (`DegradeBatch`): the workers then
+of superres.training.degradations, which runs on whole batches on the training device (`DegradeBatch`): the workers then
 only crop, and the batch arrives as (photo, photo) until the transform turns the inputs into degraded ones.
 `sr_dataloaders` wraps it in fastai `DataLoaders`. We use fastai's mid-level `TfmdLists` rather than a
 `DataBlock` because input and target must come from the *same* random crop: one `Transform` makes both.
@@ -24,8 +24,8 @@ from fastai.data.core import TfmdLists, Transform
 from fastai.data.transforms import ItemTransform
 from PIL import Image, ImageFilter
 
-from .degradations import RealWorld
-from .imaging import image_files
+from superres.runtime.imaging import image_files
+from superres.training.degradations import RealWorld
 
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}
 

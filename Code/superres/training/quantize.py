@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Degradation, big_enough, image_files_in, make_pair
+from superres.training.data import Degradation, big_enough, image_files_in, make_pair
 
 FLOAT_CONVS = ("/skip/", "/head.")   # ONNX node-name prefixes of the convs kept in float32 (see above)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .benchmark import EvaluationError, Ours, build_methods, load_enhancer, log_progress, portrait_hr
-from .evaluation_output import SAMPLE_IMAGES
-from .results import label
+from superres.evaluation.benchmark import EvaluationError, Ours, build_methods, load_enhancer, log_progress, portrait_hr
+from superres.evaluation.evaluation_output import SAMPLE_IMAGES
+from superres.evaluation.results import label
 
 SPEED_INPUT = 256
 SPEED_SCALE = 4
@@ -51,12 +51,12 @@ def _speed_specs(method_names, data_root, model_dir):
 
 def _child_env() -> dict:
     """The environment for the speed children: this copy of the package first on the path."""
-    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    paths = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def measure_speed(method_names, data_root, model_dir, runs=5, budget_s=12.0, log=None) -> list[dict]:
-    """Time each method in its own child process (`python -m superres.timing --speed-worker`)."""
+    """Time each method in its own child process (`python -m superres.evaluation.timing --speed-worker`)."""
     log = log or log_progress
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +64,7 @@ def measure_speed(method_names, data_root, model_dir, runs=5, budget_s=12.0, log
         speed_input(data_root).save(inp)
         for spec in _speed_specs(method_names, data_root, model_dir):
             spec.update(input=str(inp), runs=runs, budget_s=budget_s)
-            proc = subprocess.run([sys.executable, "-m", "superres.timing", "--speed-worker"],
+            proc = subprocess.run([sys.executable, "-m", "superres.evaluation.timing", "--speed-worker"],
                                   input=json.dumps(spec), capture_output=True, text=True, timeout=900,
                                   env=_child_env())
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

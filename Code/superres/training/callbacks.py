@@ -12,14 +12,15 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import CSVLogger
 from fastai.torch_core import get_model
 
-from .distributed import from_rank0, is_main
+from superres.training.distributed import from_rank0, is_main
 
 
 class CPUSpeedup(Callback):
     """bf16 autocast + channels_last on CPU (fastai's MixedPrecision only targets CUDA).
 
     Only the forward pass runs in bf16: the loss (SSIM's variances in particular) is computed in fp32,
-    which bf16 made diverge to NaN; the generator keeps its head in fp32 itself (`superres.models.Generator`)."""
+    which bf16 made diverge to NaN; the generator keeps its head in fp32 itself
+    (`superres.training.models.Generator`)."""
     order = 10
 
     def before_fit(self):

@@ -1,7 +1,7 @@
 """The write-up's inputs that only the training code can make (it imports torch and fastai), kept in
 Report/generated/ so that `python -m superres report` reads them and imports neither:
 
-    networks.json      the networks' description: superres.arch_diagram builds them as the model card (and the
+    networks.json      the networks' description: superres.writeup.arch_diagram builds them as the model card (and the
                        training record) configure them, a few seconds on the CPU
     degradations.png   five random draws of the main scale's training degradation on matplotlib's Grace Hopper
 
@@ -14,12 +14,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .report_model import DEGRADATIONS_PNG, MAIN_SCALE, NETWORKS_JSON, recorded_degradations
+from superres.writeup.report_model import DEGRADATIONS_PNG, MAIN_SCALE, NETWORKS_JSON, recorded_degradations
 
 
 def measure(card: dict | None, record: dict | None, out: Path, plt) -> None:
     """Write out/networks.json and out/degradations.png; `plt` is pyplot in the report's figure style."""
-    from .arch_diagram import describe
+    from superres.writeup.arch_diagram import describe
     desc = describe(card if card and not card.get("untrained") else None,
                     (record or {}).get("config"), loss=(record or {}).get("loss"))
     desc["model_card_created"] = (card or {}).get("created")   # what report checks the description against
@@ -28,13 +28,14 @@ def measure(card: dict | None, record: dict | None, out: Path, plt) -> None:
 
 
 def degradation_figure(card: dict | None, record: dict | None, path: Path, plt) -> None:
-    """Random draws of the main scale's training degradation (as recorded, else as superres.train configures it;
+    """Random draws of the main scale's training degradation (as recorded, else as superres.training.train configures
+    it;
     report_model.degradation_source says which) on matplotlib's Grace Hopper photo."""
     import matplotlib.cbook as cbook
     from PIL import Image
 
-    from .data import Degradation
-    from .plots import show_degradations
+    from superres.training.data import Degradation
+    from superres.writeup.plots import show_degradations
     rec = recorded_degradations(card, record).get(MAIN_SCALE)
     names = {f.name for f in dataclasses.fields(Degradation)}
     if rec:
@@ -43,7 +44,7 @@ def degradation_figure(card: dict | None, record: dict | None, path: Path, plt) 
             fields["clean_prob"] = 0.0          # recorded before clean inputs existed: there were none
         deg = Degradation(**fields)
     else:
-        from .train import TrainConfig, degradation
+        from superres.training.train import TrainConfig, degradation
         deg = degradation(TrainConfig(data=""))
     photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     fig = show_degradations(photo, deg, n=5, hr_size=192, seed=1)

@@ -7,8 +7,9 @@ A model folder holds, for each scale S it supports (4 and 2):
     xS_gan.onnx        GAN weights (strength 1); "input" -> "output" x S like the faithful one, whose output
                        it is blended with for a strength between 0 and 1
     xS_faithful_jpeg.onnx  (optional) a faithful network trained on JPEG-compressed inputs only; it stands in
-                       for xS_faithful when the input is JPEG-compressed but sharp (`superres.compression.input_kind`)
-    xS_gan_real.onnx   (optional) a GAN network trained on the real-world chain (superres.degradations); it
+                       for xS_faithful when the input is JPEG-compressed but sharp
+                       (`superres.runtime.compression.input_kind`)
+    xS_gan_real.onnx   (optional) a GAN network trained on the real-world chain (superres.training.degradations); it
                        stands in for xS_gan when the input is compressed and soft ("real")
     model_card.json    what they are, how they were trained, how well they do, their sha256
 """
@@ -29,7 +30,7 @@ FORMAT = 2                  # 1: x2 generator + x2 up-sampler chain; 2: one gene
 DEFAULT_STRENGTH = 0.25     # the card's default_strength as exported: mostly faithful, a little GAN detail
 STAGES = ("generator", "critic", "gan", "polish")   # the training stages, in order, as the card's `stages` records them
 
-log = logging.getLogger("superres.model_folder")
+log = logging.getLogger("superres.runtime.model_folder")
 
 
 class ModelError(RuntimeError):

@@ -19,8 +19,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .imaging import EXTENSIONS, ImageError, load_image, save, save_options
-from .inference import DEFAULT_TILE_PAD, Enhancer, ModelError
+from superres.runtime.imaging import EXTENSIONS, ImageError, load_image, save, save_options
+from superres.runtime.inference import DEFAULT_TILE_PAD, Enhancer, ModelError
 
 OUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
                "bmp": "BMP"}

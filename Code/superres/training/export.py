@@ -1,11 +1,11 @@
 """Export trained generators: ONNX files for serving (what `enhance` and the web app read) and a JSON
-model card, together a model folder (`superres.model_folder` says what one holds).
+model card, together a model folder (`superres.runtime.model_folder` says what one holds).
 
 Each ONNX file maps "input" (1,3,H,W) float32 RGB in [0,1], H and W multiples of `input_multiple`,
 to "output" (1,3,S*H,S*W) float32 (not clamped). Weights are stored as float16 (half the size; the network
 computes in float32). Initializers keep the PyTorch parameter names (plus `.fp16`; no constant folding at
 export, ONNX Runtime folds at load). A `strength` between 0 and 1 blends the outputs of a scale's two
-generators (see `superres.inference`).
+generators (see `superres.runtime.inference`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .model_folder import CARD, DEFAULT_STRENGTH, FORMAT, network_files, sha256
-from .models import SIZE_MULTIPLE, Generator, UnetConfig, load_network, n_params
+from superres import __version__
+from superres.runtime.model_folder import CARD, DEFAULT_STRENGTH, FORMAT, network_files, sha256
+from superres.training.models import SIZE_MULTIPLE, Generator, UnetConfig, load_network, n_params
 
 OPSET = 17
 
@@ -73,9 +73,9 @@ def export_onnx(model: Generator, path: Path, check: bool = True) -> float:
 
 def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict | None = None) -> dict:
     """Write {scale: {kind: generator}} (kinds: "faithful", "gan" and optionally "faithful_jpeg", "gan_real", see
-    `superres.model_folder`) as ONNX files and the model card into `out_dir`; returns the card.
+    `superres.runtime.model_folder`) as ONNX files and the model card into `out_dir`; returns the card.
 
-    int8: {scale: {kind: calibration inputs}} to store those networks as int8 (`superres.quantize`)."""
+    int8: {scale: {kind: calibration inputs}} to store those networks as int8 (`superres.training.quantize`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     errors, files, arch, params, int8_errors = {}, {}, {}, {}, {}
@@ -121,7 +121,7 @@ def quantize_and_compare(model: Generator, path: Path, inputs) -> float:
     """Store the ONNX file at `path` as int8; returns its mean |int8 - torch| over the first calibration inputs."""
     import onnxruntime as ort
 
-    from .quantize import quantize_onnx
+    from superres.training.quantize import quantize_onnx
     quantize_onnx(path, inputs)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     errs = []
@@ -184,8 +184,8 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
     networks, card, int8 = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}, {}
 
     def calibration(record, scale):
-        from .data import degradation_from_record
-        from .quantize import calibration_inputs
+        from superres.training.data import degradation_from_record
+        from superres.training.quantize import calibration_inputs
         return calibration_inputs(int8_data.split(","), degradation_from_record(record["degradation"][f"x{scale}"]))
 
     for run_dir in run_dirs:
@@ -226,7 +226,7 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
         networks[scale]["faithful_jpeg"] = model
         card.setdefault("jpeg_networks", {})[f"x{scale}"] = {
             "used": "in place of the faithful network when the input shows JPEG quantisation of IJG quality ~75 or "
-                    "lower (superres.compression)",
+                    "lower (superres.runtime.compression)",
             "run": run_dir.name, "train": record["config"]["data"],
             "training_sets": training_sets(record["config"]["data"]), "degradation": record.get("degradation"),
             "loss": record.get("loss"), "stages": record["stages"],
@@ -247,7 +247,7 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
 
 
 REAL_GAN_USE = ("in place of the GAN network when the input shows JPEG quantisation of IJG quality ~75 or lower "
-                "and is soft (superres.compression.input_kind 'real')")
+                "and is soft (superres.runtime.compression.input_kind 'real')")
 
 
 def real_gan(run_dir: Path, int8_data: str | None):
@@ -269,8 +269,8 @@ def real_gan(run_dir: Path, int8_data: str | None):
                                                              "adversarial_weight", "lattice_weight")}}
     inputs = None
     if int8_data:
-        from .data import degradation_from_record
-        from .quantize import calibration_inputs
+        from superres.training.data import degradation_from_record
+        from superres.training.quantize import calibration_inputs
         inputs = calibration_inputs(int8_data.split(","), degradation_from_record(record["degradation"][f"x{scale}"]))
     return scale, model, entry, inputs
 
@@ -278,7 +278,7 @@ def real_gan(run_dir: Path, int8_data: str | None):
 def add_real_gans(model_dir, real_gan_run_dirs, int8_data: str | None = None) -> dict:
     """Add the real-world GAN networks of these runs to an existing model folder (its other networks and their
     card entries stay as they are); returns the updated card."""
-    from .model_folder import read_card
+    from superres.runtime.model_folder import read_card
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     for run_dir in map(Path, real_gan_run_dirs):

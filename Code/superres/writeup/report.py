@@ -2,7 +2,8 @@
 
     python -m superres report              # everything: generated files, arch_srgan.png, then the three PDFs
     python -m superres report --no-pdf     # only the generated files and figures (no LaTeX needed)
-    python -m superres report --measure    # after `export`: first remake what needs torch (superres.report_torch)
+    python -m superres report --measure    # after `export`: first remake what needs torch
+                                           # (superres.writeup.report_torch)
 
 Without --measure the report imports neither torch nor fastai.
 
@@ -33,12 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-from .arch_diagram import draw
-from .evaluation_output import README_BEGIN, with_readme_results
-from .imaging import image_files
-from .latex import header, tex
-from .report_eval import consistency_files, eval_files, plan_files, samples_tex
-from .report_model import (
+from superres.evaluation.evaluation_output import README_BEGIN, with_readme_results
+from superres.evaluation.results import PERCEPTUAL_TITLES, load_json, perceptual_key, task_rows, tasks
+from superres.runtime.imaging import image_files
+from superres.writeup.arch_diagram import draw
+from superres.writeup.latex import header, tex
+from superres.writeup.report_eval import consistency_files, eval_files, plan_files, samples_tex
+from superres.writeup.report_model import (
     MAIN_SCALE,
     NETWORKS_JSON,
     STAGES,
@@ -48,9 +50,8 @@ from .report_model import (
     model_files,
     networks_description,
 )
-from .results import PERCEPTUAL_TITLES, load_json, perceptual_key, task_rows, tasks
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEFAULT_EVALUATION = REPO / "Code" / "results" / "evaluation.json"
 ARCH_PNG = REPO / "arch_srgan.png"
 DOCS = {"report": "Report/report.tex", "initial": "Presentations/Initial/initial.tex",
@@ -222,8 +223,8 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
              log=print) -> dict:
     """Write every generated input of the documents under `root` (Report/generated/ and arch_srgan.png);
     returns what was available. `root` is the repository, or a copy of its Report/ and Presentations/.
-    `measure`: first remake the inputs that need torch (superres.report_torch); otherwise none is imported."""
-    from . import DEFAULT_MODEL_DIR
+    `measure`: first remake the inputs that need torch (superres.writeup.report_torch); otherwise none is imported."""
+    from superres import DEFAULT_MODEL_DIR
     t0 = time.perf_counter()
     root = Path(root)
     out = root / "Report" / "generated"
@@ -241,7 +242,7 @@ def generate(root=REPO, evaluation=None, model_dir=None, run_dir="auto", samples
         log("report: the training record is not the model card's run: its curves and settings are left out")
         record, logs = None, {}
     if measure:
-        from .report_torch import measure as measure_networks
+        from superres.writeup.report_torch import measure as measure_networks
         measure_networks(card, record, out, _plt())
     desc = networks_description(out / NETWORKS_JSON, card)   # a stale one stops the build before any table
 

@@ -11,9 +11,9 @@ speed[{method, strength|null, options, input, output, scale, runs, seconds_per_i
 megapixels_per_s, load_seconds, peak_rss_mb}], targets[{id, description, measured, required, passed|null}],
 input_kinds{"<set> x<scale>": {clean, jpeg, real: inputs the Enhancer read as that kind}} (where a model is
 evaluated; only the scales that have networks for compressed inputs), degradation{"<set>": {"<scale>": the chain's
-ranges (superres.degradations.RealWorld.to_dict), seed}} (the real-world sets evaluated), identity{how it is measured}
-(where a face set is evaluated), realesrgan{model, backend, x2, limit, images, cpu_seconds_per_image} (where it
-ran)}.
+ranges (superres.training.degradations.RealWorld.to_dict), seed}} (the real-world sets evaluated), identity{how it is
+measured} (where a face set is evaluated), realesrgan{model, backend, x2, limit, images, cpu_seconds_per_image}
+(where it ran)}.
 identity is the mean over the images whose target shows a face (identity_faces of them; identity_missed had
 none); null on sets without faces. A method run on fewer images than the set (Real-ESRGAN, --realesrgan-limit)
 carries bicubic's scores on the same images in bicubic_same_images, and its delta is taken against those.
@@ -29,7 +29,8 @@ FORMAT = 1
 JPEG_QUALITY = 40
 PORTRAIT_SETS = {"portraits512": None, "portraits512_jpeg40": JPEG_QUALITY}   # set -> JPEG quality of its LR
 BENCHMARK_SETS = ("Set5", "Set14", "BSD100")
-# real-world sets: the HR of a set above, its LR made by superres.degradations.RealWorld, seeded by the file name
+# real-world sets: the HR of a set above, its LR made by superres.training.degradations.RealWorld, seeded by the file
+# name
 REAL_SETS = {"portraits512_real": "portraits512", "BSD100_real": "BSD100"}   # set -> the set whose HR it degrades
 FACE_SETS = ("portraits512", "portraits512_jpeg40", "portraits512_real")     # the sets scored for identity
 SETS = (*PORTRAIT_SETS, "portraits512_real", *BENCHMARK_SETS, "BSD100_real")
@@ -56,7 +57,7 @@ PERCEPTUAL_TITLES = {"haarpsi": "HaarPSI", "lpips": "LPIPS", "dists": "DISTS", "
 LOWER_IS_BETTER = {"lpips", "dists"}
 SCORES = ("psnr_y", "ssim_y", PERCEPTUAL, "hf_ratio", "lattice", "spectral")
 MEDIAN_SCORES = ("lattice", "spectral")   # a few images with huge values would rule a mean: the median
-IDENTITY = "identity"        # the face descriptor distance (superres.identity), on FACE_SETS only
+IDENTITY = "identity"        # the face descriptor distance (superres.evaluation.identity), on FACE_SETS only
 DIGITS = {"psnr_y": 4, "ssim_y": 4, PERCEPTUAL: 4, "hf_ratio": 4, "lattice": 3, "spectral": 4,
           IDENTITY: 4}   # rounded at display
 ROW_KEYS = {"set", "scale", "method", "strength", "n_images", "psnr_y", "ssim_y", "hf_ratio", "lattice", "spectral",
