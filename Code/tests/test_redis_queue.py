@@ -19,13 +19,10 @@ from rq import Worker
 
 from conftest import REPO, RedisServer, astronaut, free_port, run_server, run_worker
 from test_imaging import _bytes
+from test_webapp_jobs import photo, status, submit, wait_for  # the job API's helpers, one copy
 
 HEARTBEAT_S = 1.0                   # WORKER_HEARTBEAT_S here: a dead worker's job is seen within ~4 s
 OVER = ("done", "failed", "cancelled")
-
-
-def photo(side: int) -> bytes:
-    return _bytes(astronaut().resize((side, side)), "PNG")
 
 
 class Cluster:
@@ -82,28 +79,6 @@ def cluster(untrained_model_dir, redis_server):
            "THREADS": "1", "JOB_TTL_S": "60", "WORKER_HEARTBEAT_S": str(HEARTBEAT_S)}
     with contextlib.ExitStack() as stack:
         yield Cluster(stack, env, redis_server.url)
-
-
-def submit(base, data: bytes, **fields) -> dict:
-    r = httpx.post(base + "/api/jobs", files={"file": ("astro.png", data)}, data={k: str(v) for k, v in fields.items()})
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-def status(base, job) -> dict:
-    r = httpx.get(base + job["status_url"])
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def wait_for(base, job, states=OVER, timeout=60) -> list[dict]:
-    seen = [status(base, job)]
-    deadline = time.monotonic() + timeout
-    while seen[-1]["state"] not in states:
-        assert time.monotonic() < deadline, seen[-1]
-        time.sleep(0.05)
-        seen.append(status(base, job))
-    return seen
 
 
 def test_healthz_counts_the_live_workers_and_the_queue(cluster):
