@@ -137,9 +137,10 @@ def input_kinds(data_root: Path, tasks, card: dict, limit) -> dict:
     its inputs the Enhancer reads as each kind (`superres.runtime.compression.input_kind`: clean, jpeg, real)."""
     from superres.evaluation.benchmark import load_pair
     from superres.runtime.compression import input_kind
+    from superres.runtime.model_folder import has_compressed_networks
     counts = {}
     for set_name, scale in tasks:
-        if {"faithful_jpeg", "gan_real"} & set(card["networks"][str(scale)]):
+        if has_compressed_networks(card, scale):
             kinds = [input_kind(load_pair(data_root, set_name, scale, p)[0])
                      for p in image_names(data_root, set_name, scale, limit)]
             counts[f"{set_name} x{scale}"] = {k: kinds.count(k) for k in ("clean", "jpeg", "real")}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from superres.runtime.imaging import EXTENSIONS, ImageError, load_image, save, save_options
 from superres.runtime.inference import DEFAULT_TILE_PAD, Enhancer, ModelError
+from superres.runtime.model_folder import has_compressed_networks
 
 OUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
                "bmp": "BMP"}
@@ -106,8 +107,7 @@ def run(args) -> int:
         enhancer = Enhancer(args.model_dir, threads=args.threads)
     except ModelError as e:
         return fail(str(e))
-    compressed_nets = {"faithful_jpeg", "gan_real"} & set(enhancer.card["networks"].get(str(args.scale), {}))
-    if args.jpeg == "yes" and not compressed_nets:
+    if args.jpeg == "yes" and not has_compressed_networks(enhancer.card, args.scale):
         return fail(f"--jpeg yes: the model in {enhancer.model_dir} has no network for compressed inputs "
                     f"at x{args.scale}")
     fmt = OUT_FORMATS.get(args.ext, "PNG")

@@ -42,7 +42,7 @@ from PIL import Image
 # The model folder's contract lives in model_folder; ModelError is what Enhancer raises, so it is named here too.
 from superres import DEFAULT_MODEL_DIR
 from superres.runtime.compression import input_kind
-from superres.runtime.model_folder import KINDS, ModelError, read_card, verify_model_dir
+from superres.runtime.model_folder import KINDS, ModelError, has_compressed_networks, read_card, verify_model_dir
 
 STRENGTH_STEP = 0.05
 # Largest side (in pixels) of what one network run sees when `tile` is left to us. The U-Net's
@@ -173,7 +173,7 @@ class Enhancer:
         for compressed inputs: otherwise "clean")."""
         if jpeg is not None:
             return "jpeg" if jpeg else "clean"
-        if not {"faithful_jpeg", "gan_real"} & set(self._nets[int(scale)]):
+        if not has_compressed_networks(self.card, scale):
             return "clean"
         return input_kind(rgb)
 

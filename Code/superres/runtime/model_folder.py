@@ -38,6 +38,12 @@ class ModelError(RuntimeError):
 
 
 KINDS = ("faithful", "gan", "faithful_jpeg", "gan_real")   # the networks a scale may have; the last two are optional
+COMPRESSED_KINDS = ("faithful_jpeg", "gan_real")          # the optional ones, for compressed inputs
+
+
+def has_compressed_networks(card: dict, scale: int) -> bool:
+    """Whether the card's x`scale` networks include one for compressed inputs (so the input's kind matters)."""
+    return any(kind in card["networks"].get(str(scale), {}) for kind in COMPRESSED_KINDS)
 
 
 def network_files(scale: int, jpeg: bool = False, real: bool = False) -> dict:
