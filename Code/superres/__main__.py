@@ -1,4 +1,4 @@
-"""Command line: python -m superres {train,export,enhance,evaluate,serve,worker,report} --help
+"""Command line: python -m superres {train,export,recover,enhance,evaluate,serve,worker,report} --help
 
 Each verb lives in its own module, which defines `add_arguments(parser)` and `run(args)`;
 modules are imported only when their verb runs, so `enhance` and `serve` never import torch.
@@ -10,6 +10,7 @@ import sys
 VERBS = {
     "train": ("superres.training.train", "train the generator, critic, GAN and up-sampler (fastai)"),
     "export": ("superres.training.export", "export trained checkpoints to ONNX + model card"),
+    "recover": ("superres.training.recover", "trainable .pt checkpoints from a model folder's ONNX files (to fine-tune)"),
     "enhance": ("superres.runtime.enhance", "upscale an image or a folder of images"),
     "evaluate": ("superres.evaluation.evaluate", "score the models beside bicubic, Lanczos and OpenCV peers"),
     "serve": ("superres.runtime.serve", "start the web app (Starlette + uvicorn)"),

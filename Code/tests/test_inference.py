@@ -138,15 +138,16 @@ def test_strength_blends_the_two_outputs(enhancer):
 
 def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
     """clean -> faithful + gan; JPEG-compressed and sharp -> faithful_jpeg + gan; compressed and soft (blurred
-    first) -> faithful + gan_real; `jpeg=` overrides the reading."""
+    first) -> faithful_real + gan_real (each where the folder has it); `jpeg=` overrides the reading."""
     import io
 
     from superres.runtime.compression import input_kind
     from superres.training.export import export_untrained
-    export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,), real_scales=(2,))
+    export_untrained(tmp_path, scales=(2,), jpeg_scales=(2,), real_scales=(2,), real_faithful_scales=(2,))
     enhancer = Enhancer(tmp_path, threads=2)
     nets = enhancer.card["networks"]["2"]
     assert nets["faithful_jpeg"] == "x2_faithful_jpeg.onnx" and nets["gan_real"] == "x2_gan_real.onnx"
+    assert nets["faithful_real"] == "x2_faithful_real.onnx"
     clean = astronaut().resize((128, 128), Image.LANCZOS)
 
     def jpeg(img, q=40):
@@ -162,8 +163,9 @@ def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
     (_, faithful), (_, gan) = enhancer.networks(2, 0.5)
     (_, jpeg_net), (_, gan_for_jpeg) = enhancer.networks(2, 0.5, "jpeg")
     (_, faithful_for_real), (_, real_gan) = enhancer.networks(2, 0.5, "real")
-    assert gan_for_jpeg == gan and faithful_for_real == faithful and len({faithful, gan, jpeg_net, real_gan}) == 4
+    assert gan_for_jpeg == gan and len({faithful, gan, jpeg_net, real_gan, faithful_for_real}) == 5
     assert enhancer.networks(2, 1.0, "real") == [(1.0, real_gan)] and enhancer.networks(2, 1.0, "jpeg") == [(1.0, gan)]
+    assert enhancer.networks(2, 0.0, "real") == [(1.0, faithful_for_real)]
     with pytest.raises(ValueError, match="kind"):
         enhancer.networks(2, 0.5, "blurry")
     out = {j: enhancer.enhance_array(compressed, 2, strength=0.25, jpeg=j) for j in (None, True, False)}
@@ -174,6 +176,10 @@ def test_the_input_kind_picks_the_jpeg_and_real_world_networks(tmp_path):
     export_untrained(tmp_path / "plain", scales=(2,))
     plain = Enhancer(tmp_path / "plain", threads=2)
     assert plain.input_kind(soft, 2) == "clean" and plain.networks(2, 0.5, "real") == plain.networks(2, 0.5)
+    # one with only the real-world GAN keeps the general faithful network for real inputs
+    export_untrained(tmp_path / "gan_only", scales=(2,), real_scales=(2,))
+    gan_only = Enhancer(tmp_path / "gan_only", threads=2)
+    assert gan_only.networks(2, 0.0, "real") == gan_only.networks(2, 0.0)
 
 
 def test_bad_arguments(enhancer):

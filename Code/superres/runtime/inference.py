@@ -15,10 +15,10 @@ Real-ESRGAN's `RealESRGANer`:
   memory stays that of one tile run;
 * the input's kind is read from its pixels before tiling (`superres.runtime.compression.input_kind`, up to a centred
   1024 px crop): "clean", "jpeg" (JPEG-compressed, otherwise sharp) or "real" (compressed and soft: blurred,
-  resized, noised first). A scale may have two more networks for them: `xS_faithful_jpeg` (trained on JPEG inputs)
-  stands in for the faithful network on "jpeg" inputs, `xS_gan_real` (trained on the real-world chain,
-  `superres.training.degradations`) for the GAN one on "real" inputs; `jpeg=True/False` overrides the
-  detection ("jpeg" / "clean");
+  resized, noised first). A scale may have more networks for them: `xS_faithful_jpeg` (trained on JPEG inputs)
+  stands in for the faithful network on "jpeg" inputs, `xS_faithful_real` and `xS_gan_real` (trained on the
+  real-world chain, `superres.training.degradations`) for the faithful and GAN ones on "real" inputs;
+  `jpeg=True/False` overrides the detection ("jpeg" / "clean");
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written
   to the output (crop, no blending), so there are no seams and memory depends on the tile size, not on
@@ -154,12 +154,13 @@ class Enhancer:
     def networks(self, scale: int, strength: float, kind: str = "clean") -> list[tuple[float, ort.InferenceSession]]:
         """What the x`scale` output at `strength` (rounded to 0.05) is blended from: (weight, network) pairs,
         one network at 0 or 1, both in between, for an input of `kind` ("clean", "jpeg" or "real"; see
-        `input_kind`): the JPEG-trained faithful network for "jpeg", the real-world GAN for "real", where the scale
-        has them. (On sharp JPEG inputs the real-world GAN did worse than the general one: docs/decisions.md.)"""
+        `input_kind`): the JPEG-trained faithful network for "jpeg", the real-world ones for "real", where the
+        scale has them. (On sharp JPEG inputs the real-world networks did worse than the general ones:
+        docs/decisions.md.)"""
         if kind not in ("clean", "jpeg", "real"):
             raise ValueError(f"kind must be clean, jpeg or real, got {kind!r}")
         s, nets = self.round_strength(strength), self._nets[int(scale)]
-        faithful = nets.get("faithful_jpeg", nets["faithful"]) if kind == "jpeg" else nets["faithful"]
+        faithful = {"jpeg": nets.get("faithful_jpeg"), "real": nets.get("faithful_real")}.get(kind) or nets["faithful"]
         gan = nets.get("gan_real", nets["gan"]) if kind == "real" else nets["gan"]
         if s == 0.0:
             return [(1.0, faithful)]

@@ -9,8 +9,11 @@ A model folder holds, for each scale S it supports (4 and 2):
     xS_faithful_jpeg.onnx  (optional) a faithful network trained on JPEG-compressed inputs only; it stands in
                        for xS_faithful when the input is JPEG-compressed but sharp
                        (`superres.runtime.compression.input_kind`)
-    xS_gan_real.onnx   (optional) a GAN network trained on the real-world chain (superres.training.degradations); it
-                       stands in for xS_gan when the input is compressed and soft ("real")
+    xS_faithful_real.onnx  (optional) a faithful network trained on the real-world chain
+                       (superres.training.degradations); it stands in for xS_faithful when the input is compressed
+                       and soft ("real")
+    xS_gan_real.onnx   (optional) a GAN-side network trained on the real-world chain; it stands in for xS_gan on
+                       "real" inputs
     model_card.json    what they are, how they were trained, how well they do, their sha256
 """
 from __future__ import annotations
@@ -37,8 +40,8 @@ class ModelError(RuntimeError):
     """The model folder is missing, incomplete or does not match its card; `str(e)` says what to do."""
 
 
-KINDS = ("faithful", "gan", "faithful_jpeg", "gan_real")   # the networks a scale may have; the last two are optional
-COMPRESSED_KINDS = ("faithful_jpeg", "gan_real")          # the optional ones, for compressed inputs
+KINDS = ("faithful", "gan", "faithful_jpeg", "faithful_real", "gan_real")   # the networks a scale may have
+COMPRESSED_KINDS = ("faithful_jpeg", "faithful_real", "gan_real")          # the optional ones, for compressed inputs
 
 
 def has_compressed_networks(card: dict, scale: int) -> bool:
@@ -46,10 +49,10 @@ def has_compressed_networks(card: dict, scale: int) -> bool:
     return any(kind in card["networks"].get(str(scale), {}) for kind in COMPRESSED_KINDS)
 
 
-def network_files(scale: int, jpeg: bool = False, real: bool = False) -> dict:
-    """The card's `networks` entry for one scale: its faithful and GAN ONNX files (and the JPEG faithful one, and
-    the real-world GAN one)."""
-    optional = {"faithful_jpeg": jpeg, "gan_real": real}
+def network_files(scale: int, jpeg: bool = False, real: bool = False, real_faithful: bool = False) -> dict:
+    """The card's `networks` entry for one scale: its faithful and GAN ONNX files (and the JPEG faithful one, the
+    real-world GAN one, the real-world faithful one)."""
+    optional = {"faithful_jpeg": jpeg, "gan_real": real, "faithful_real": real_faithful}
     return {kind: f"x{scale}_{kind}.onnx" for kind in KINDS if optional.get(kind, True)}
 
 

@@ -72,7 +72,8 @@ def export_onnx(model: Generator, path: Path, check: bool = True) -> float:
 
 
 def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict | None = None) -> dict:
-    """Write {scale: {kind: generator}} (kinds: "faithful", "gan" and optionally "faithful_jpeg", "gan_real", see
+    """Write {scale: {kind: generator}} (kinds: "faithful", "gan" and optionally "faithful_jpeg", "faithful_real",
+    "gan_real", see
     `superres.runtime.model_folder`) as ONNX files and the model card into `out_dir`; returns the card.
 
     int8: {scale: {kind: calibration inputs}} to store those networks as int8 (`superres.training.quantize`)."""
@@ -83,7 +84,8 @@ def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict 
         scale, faithful = int(scale), nets["faithful"]
         if any(m.cfg != faithful.cfg for m in nets.values()) or faithful.cfg.scale != scale:
             raise ValueError(f"x{scale}: the faithful, GAN (and JPEG) generators must share one x{scale} architecture")
-        files[str(scale)] = network_files(scale, jpeg="faithful_jpeg" in nets, real="gan_real" in nets)
+        files[str(scale)] = network_files(scale, jpeg="faithful_jpeg" in nets, real="gan_real" in nets,
+                                          real_faithful="faithful_real" in nets)
         for kind, name in files[str(scale)].items():
             path = out_dir / name
             errors[f"x{scale}_{kind}"] = export_onnx(nets[kind], path)
@@ -133,18 +135,19 @@ def quantize_and_compare(model: Generator, path: Path, inputs) -> float:
 
 
 def export_untrained(out_dir, cfg: UnetConfig | None = None, seed: int = 0, scales=(4, 2), jpeg_scales=(),
-                     real_scales=()) -> dict:
+                     real_scales=(), real_faithful_scales=()) -> dict:
     """A complete model folder from randomly initialised networks (for tests and for trying the pipeline).
 
     The output head starts near zero, so these behave like bicubic upscaling plus a small perturbation
-    (the GAN copy, the JPEG one of the `jpeg_scales` and the real-world GAN of the `real_scales` are perturbed
-    differently, so each visibly matters)."""
+    (the GAN copy, the JPEG one of the `jpeg_scales`, the real-world GAN of the `real_scales` and the real-world
+    faithful one of the `real_faithful_scales` are perturbed differently, so each visibly matters)."""
     torch.manual_seed(seed)
     cfg = cfg or UnetConfig(widen=0.25, nf=16, trunk_blocks=1)
     networks = {}
     for scale in scales:
         kinds = ("faithful", "gan") + (("faithful_jpeg",) if scale in jpeg_scales else ()) \
-            + (("gan_real",) if scale in real_scales else ())
+            + (("gan_real",) if scale in real_scales else ()) \
+            + (("faithful_real",) if scale in real_faithful_scales else ())
         nets = {kind: Generator(replace(cfg, scale=scale)) for kind in kinds}
         with torch.no_grad():
             for m in nets.values():
@@ -172,7 +175,8 @@ def training_sets(data: str) -> list[str]:
     return out
 
 
-def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(), real_gan_run_dirs=()) -> dict:
+def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(), real_gan_run_dirs=(),
+                real_faithful_run_dirs=()) -> dict:
     """ONNX model folder + model card from finished runs, one per scale (e.g. an x4 run and an x2 run).
 
     int8_data: photo folders (comma-separated; the training data) to calibrate int8 networks on, with the
@@ -180,7 +184,9 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
     jpeg_run_dirs: runs whose generator (stage 1 only) was trained on JPEG-compressed inputs: each becomes its
     scale's `faithful_jpeg` network; the card records it under `jpeg_networks`.
     real_gan_run_dirs: runs trained on the real-world chain (`train --degradation real`): the strength-1 network of
-    each (polished GAN) becomes its scale's `gan_real`; the card records it under `real_networks`."""
+    each (polished GAN) becomes its scale's `gan_real`; the card records it under `real_networks`.
+    real_faithful_run_dirs: runs fine-tuned on the real-world chain from a faithful network: each becomes its scale's
+    `faithful_real` (card: `real_faithful_networks`)."""
     networks, card, int8 = {}, {"data": {}, "losses": {}, "stages": {}, "training": {}}, {}
 
     def calibration(record, scale):
@@ -233,40 +239,55 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
             **({"note": record["note"]} if record.get("note") else {})}
         if int8_data:
             int8[int(scale)]["faithful_jpeg"] = calibration(record, scale)
-    for run_dir in map(Path, real_gan_run_dirs):
-        scale, model, entry, inputs = real_gan(run_dir, int8_data)
-        if scale not in networks:
-            raise ValueError(f"the real-world run {run_dir} is x{scale}, but no --run gives that scale's networks")
-        if "gan_real" in networks[scale]:
-            raise ValueError(f"two real-world GAN runs for x{scale}: {list(real_gan_run_dirs)}")
-        networks[scale]["gan_real"] = model
-        card.setdefault("real_networks", {})[f"x{scale}"] = entry
-        if inputs:
-            int8[int(scale)]["gan_real"] = inputs
+    for kind, run_dirs in (("gan_real", real_gan_run_dirs), ("faithful_real", real_faithful_run_dirs)):
+        for run_dir in map(Path, run_dirs):
+            scale, model, entry, inputs = real_network(run_dir, kind, int8_data)
+            if scale not in networks:
+                raise ValueError(f"the real-world run {run_dir} is x{scale}, but no --run gives that scale's networks")
+            if kind in networks[scale]:
+                raise ValueError(f"two {kind} runs for x{scale}: {list(run_dirs)}")
+            networks[scale][kind] = model
+            card.setdefault(REAL_CARD_KEY[kind], {})[f"x{scale}"] = entry
+            if inputs:
+                int8[int(scale)][kind] = inputs
     return export_models(networks, out_dir, card, int8)
 
 
-REAL_GAN_USE = ("in place of the GAN network when the input shows JPEG quantisation of IJG quality ~75 or lower "
-                "and is soft (superres.runtime.compression.input_kind 'real')")
+REAL_USE = {
+    "gan_real": "in place of the GAN network when the input shows JPEG quantisation of IJG quality ~75 or lower and "
+                "is soft (superres.runtime.compression.input_kind 'real')",
+    "faithful_real": "in place of the faithful network when the input shows JPEG quantisation of IJG quality ~75 or "
+                     "lower and is soft (superres.runtime.compression.input_kind 'real')",
+}
 
 
-def real_gan(run_dir: Path, int8_data: str | None):
-    """(scale, the run's strength-1 network, its card entry, its int8 calibration inputs or None) of a run trained
-    on the real-world chain."""
+REAL_CARD_KEY = {"gan_real": "real_networks", "faithful_real": "real_faithful_networks"}
+
+
+def real_network(run_dir: Path, kind: str, int8_data: str | None):
+    """(scale, the run's network of `kind`, its card entry, its int8 calibration inputs or None) of a run trained on
+    the real-world chain. kind "faithful_real": the run's stage-1 generator; "gan_real": its strength-1 network (the
+    polished GAN, else the GAN generator, else a stage-1 fine-tune that started from a GAN network, `--init`)."""
     record = json.loads((run_dir / "record.json").read_text())
     if record["config"].get("degradation") != "real":
         raise ValueError(f"{run_dir} was not trained with --degradation real")
     ck = run_dir / "checkpoints"
-    path = next((p for p in (ck / "generator_polished.pt", ck / "generator_gan.pt") if p.exists()), None)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} has no GAN generator (generator_polished.pt or generator_gan.pt)")
+    names = {"faithful_real": ("generator_faithful.pt",),
+             "gan_real": ("generator_polished.pt", "generator_gan.pt")}[kind]
+    path = next((ck / n for n in names if (ck / n).exists()), None)
+    init = record["stages"].get("generator", {}).get("init")
+    if path is None and kind == "gan_real" and init and "gan" in Path(init).stem:
+        path = ck / "generator_faithful.pt"    # the content-loss fine-tune of a GAN network
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no {kind} network (looked for {', '.join(names)})")
     model = load_network(path).eval()
     scale = str(model.cfg.scale)
-    entry = {"used": REAL_GAN_USE, "run": run_dir.name, "checkpoint": path.name, "train": record["config"]["data"],
+    entry = {"used": REAL_USE[kind], "run": run_dir.name, "checkpoint": path.name, "init": init,
+             "train": record["config"]["data"],
              "training_sets": training_sets(record["config"]["data"]), "degradation": record.get("degradation"),
              "loss": record.get("loss"), "stages": record["stages"],
              "training": {k: record["config"].get(k) for k in ("device", "bf16", "hr_size", "bs", "clean_prob",
-                                                             "adversarial_weight", "lattice_weight")}}
+                                                             "lr_gen", "adversarial_weight", "lattice_weight")}}
     inputs = None
     if int8_data:
         from superres.training.data import degradation_from_record
@@ -275,29 +296,29 @@ def real_gan(run_dir: Path, int8_data: str | None):
     return scale, model, entry, inputs
 
 
-def add_real_gans(model_dir, real_gan_run_dirs, int8_data: str | None = None) -> dict:
-    """Add the real-world GAN networks of these runs to an existing model folder (its other networks and their
-    card entries stay as they are); returns the updated card."""
+def add_real_networks(model_dir, runs: dict, int8_data: str | None = None) -> dict:
+    """Add real-world networks to an existing model folder, {kind: run folders} with kind "faithful_real" or
+    "gan_real" (its other networks and their card entries stay as they are); returns the updated card."""
     from superres.runtime.model_folder import read_card
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    for run_dir in map(Path, real_gan_run_dirs):
-        scale, model, entry, inputs = real_gan(run_dir, int8_data)
-        if scale not in card["networks"]:
-            raise ValueError(f"{model_dir} has no x{scale} networks for the real-world GAN of {run_dir}")
-        arch = card["architecture"][f"x{scale}"]
-        if model.cfg.to_dict() != arch:
-            raise ValueError(f"{run_dir}'s x{scale} network differs in architecture from {model_dir}'s")
-        name = f"x{scale}_gan_real.onnx"
-        key = f"x{scale}_gan_real"
-        card["onnx_max_abs_error_vs_torch"][key] = export_onnx(model, model_dir / name)
-        if inputs:
-            card.setdefault("int8", {}).setdefault("calibration_inputs", {})[key] = len(inputs)
-            card["int8"].setdefault("mean_abs_error_vs_torch", {})[key] = quantize_and_compare(model, model_dir / name,
-                                                                                               inputs)
-        card["networks"][scale]["gan_real"] = name
-        card["sha256"][name] = sha256(model_dir / name)
-        card.setdefault("real_networks", {})[f"x{scale}"] = entry
+    for kind, run_dirs in runs.items():
+        for run_dir in map(Path, run_dirs):
+            scale, model, entry, inputs = real_network(run_dir, kind, int8_data)
+            if scale not in card["networks"]:
+                raise ValueError(f"{model_dir} has no x{scale} networks for the {kind} network of {run_dir}")
+            arch = card["architecture"][f"x{scale}"]
+            if model.cfg.to_dict() != arch:
+                raise ValueError(f"{run_dir}'s x{scale} network differs in architecture from {model_dir}'s")
+            name, key = f"x{scale}_{kind}.onnx", f"x{scale}_{kind}"
+            card["onnx_max_abs_error_vs_torch"][key] = export_onnx(model, model_dir / name)
+            if inputs:
+                card.setdefault("int8", {}).setdefault("calibration_inputs", {})[key] = len(inputs)
+                card["int8"].setdefault("mean_abs_error_vs_torch", {})[key] = quantize_and_compare(
+                    model, model_dir / name, inputs)
+            card["networks"][scale][kind] = name
+            card["sha256"][name] = sha256(model_dir / name)
+            card.setdefault(REAL_CARD_KEY[kind], {})[f"x{scale}"] = entry
     card["real_networks_added"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     (model_dir / CARD).write_text(json.dumps(card, indent=2))
     return card
@@ -314,8 +335,13 @@ def add_arguments(p):
     p.add_argument("--real-gan-run", action="append", default=[], metavar="RUN",
                    help="run folder trained on the real-world chain (train --degradation real): its strength-1 network "
                         "stands in for its scale's GAN network on inputs that look JPEG-compressed")
+    p.add_argument("--real-faithful-run", action="append", default=[], metavar="RUN",
+                   help="run folder fine-tuned on the real-world chain (train --init <faithful.pt> "
+                        "--degradation real): its generator stands in for its scale's faithful network on inputs that "
+                        "look compressed and soft")
     p.add_argument("--into", metavar="MODEL_DIR", default=None,
-                   help="add the --real-gan-run networks to this existing model folder instead of writing a new one")
+                   help="add the --real-gan-run / --real-faithful-run networks to this existing model folder instead "
+                        "of writing a new one")
     p.add_argument("-o", "--out", default=None, help="model folder to write (default: <run>/export)")
     p.add_argument("--untrained", action="store_true", help="export randomly initialised networks (for tests)")
     p.add_argument("--int8", metavar="FOLDERS", default=None,
@@ -325,11 +351,11 @@ def add_arguments(p):
 
 def run(args):
     if args.into:
-        if args.run or args.jpeg_run or args.untrained or not args.real_gan_run:
-            raise SystemExit("--into takes only --real-gan-run (and --int8)")
-        card = add_real_gans(args.into, args.real_gan_run, int8_data=args.int8)
-        print(f"added to {args.into}: " + ", ".join(f"x{s}_gan_real.onnx" for s in card["networks"]
-                                                  if "gan_real" in card["networks"][s]))
+        if args.run or args.jpeg_run or args.untrained or not (args.real_gan_run or args.real_faithful_run):
+            raise SystemExit("--into takes only --real-gan-run and --real-faithful-run (and --int8)")
+        runs = {"gan_real": args.real_gan_run, "faithful_real": args.real_faithful_run}
+        add_real_networks(args.into, {k: v for k, v in runs.items() if v}, int8_data=args.int8)
+        print(f"added to {args.into}: " + ", ".join(f"{k} of {r}" for k, v in runs.items() for r in v))
         return
     runs = args.run or ["runs/default"]
     out = Path(args.out or Path(runs[0]) / "export")
@@ -337,5 +363,5 @@ def run(args):
         card = export_untrained(out)
     else:
         card = export_runs(runs, out, int8_data=args.int8, jpeg_run_dirs=args.jpeg_run,
-                           real_gan_run_dirs=args.real_gan_run)
+                           real_gan_run_dirs=args.real_gan_run, real_faithful_run_dirs=args.real_faithful_run)
     print(f"wrote {out}: " + ", ".join(card["sha256"]) + f", {CARD}")

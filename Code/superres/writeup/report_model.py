@@ -70,8 +70,11 @@ def model_files(card: dict | None, record: dict | None, counts: dict | None) -> 
         for scale, jpeg in sorted((card.get("jpeg_networks") or {}).items()):   # stage 1 only, fine-tuned
             total += jpeg["stages"]["generator"].get("wall_s", 0)
             rows.append(stage_row(f"{scale} JPEG", "generator", jpeg["stages"]["generator"], []))
-        for scale, real in sorted((card.get("real_networks") or {}).items()):   # all four stages, real-world chain
-            for name in STAGES:
+        for scale, real in sorted((card.get("real_faithful_networks") or {}).items()):   # stage 1, fine-tuned
+            total += real["stages"]["generator"].get("wall_s", 0)
+            rows.append(stage_row(f"{scale} real faithful", "generator", real["stages"]["generator"], []))
+        for scale, real in sorted((card.get("real_networks") or {}).items()):   # real-world chain, GAN side
+            for name in (n for n in STAGES if n in real["stages"]):
                 total += (real["stages"].get(name) or {}).get("wall_s", 0)
                 rows.append(stage_row(f"{scale} real", name, real["stages"].get(name), []))
         lines.append(define("stage", "total@hours", f"{total / 3600:.1f}"))
