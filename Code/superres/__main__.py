@@ -10,7 +10,7 @@ import sys
 VERBS = {
     "train": ("superres.training.train", "train the generator, critic, GAN and up-sampler (fastai)"),
     "export": ("superres.training.export", "export trained checkpoints to ONNX + model card"),
-    "recover": ("superres.training.recover", "trainable .pt checkpoints from a model folder's ONNX files (to fine-tune)"),
+    "recover": ("superres.training.recover", "trainable checkpoints from a model folder's ONNX files"),
     "enhance": ("superres.runtime.enhance", "upscale an image or a folder of images"),
     "evaluate": ("superres.evaluation.evaluate", "score the models beside bicubic, Lanczos and OpenCV peers"),
     "serve": ("superres.runtime.serve", "start the web app (Starlette + uvicorn)"),

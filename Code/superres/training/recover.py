@@ -108,7 +108,8 @@ def network_from_onnx(path, cfg: UnetConfig, calibration: list[torch.Tensor] = (
     folded = []     # (conv, its batch norm, folded bias): statistics set below
     for name, (w, b) in convs.items():
         conv, parent = _conv_of(model, name)
-        w = torch.from_numpy(w).reshape(conv.weight.shape if not hasattr(conv, "weight_orig") else conv.weight_orig.shape)
+        shape = conv.weight_orig.shape if hasattr(conv, "weight_orig") else conv.weight.shape
+        w = torch.from_numpy(w).reshape(shape)
         if hasattr(conv, "weight_g"):           # weight norm (dim 0)
             conv.weight_v.copy_(w)
             conv.weight_g.copy_(w.flatten(1).norm(dim=1).view_as(conv.weight_g))
@@ -148,7 +149,7 @@ def _set_folded_norms(model: Generator, folded, calibration) -> None:
         s[1] = s[1] + (y.double() ** 2).sum(dims)
         s[2] += y.numel() // y.shape[1]
 
-    for conv, bn, _ in folded:   # the identity with m = 0, v = 1 - eps while measuring
+    for _, bn, _ in folded:   # the identity with m = 0, v = 1 - eps while measuring
         bn.running_mean.zero_()
         bn.running_var.fill_(1 - bn.eps)
         bn.weight.fill_(1.0)
