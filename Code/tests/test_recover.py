@@ -10,10 +10,10 @@ import torch
 
 from superres import DEFAULT_MODEL_DIR
 from superres.training.data import Degradation
-from superres.training.export import export_models
+from superres.training.export import export_models, onnx_difference
 from superres.training.models import Generator, UnetConfig, load_network
 from superres.training.quantize import calibration_inputs
-from superres.training.recover import _module_path, network_from_onnx, onnx_difference
+from superres.training.recover import _module_path, network_from_onnx
 
 SMALL = UnetConfig(widen=0.25, nf=8, trunk_blocks=1, scale=2)
 

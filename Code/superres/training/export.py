@@ -83,7 +83,7 @@ def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict 
     for scale, nets in sorted(networks.items(), key=lambda kv: -int(kv[0])):
         scale, faithful = int(scale), nets["faithful"]
         if any(m.cfg != faithful.cfg for m in nets.values()) or faithful.cfg.scale != scale:
-            raise ValueError(f"x{scale}: the faithful, GAN (and JPEG) generators must share one x{scale} architecture")
+            raise ValueError(f"x{scale}: all of the scale's generators must share one x{scale} architecture")
         files[str(scale)] = network_files(scale, jpeg="faithful_jpeg" in nets, real="gan_real" in nets,
                                           real_faithful="faithful_real" in nets)
         for kind, name in files[str(scale)].items():
@@ -121,15 +121,21 @@ def export_models(networks: dict, out_dir, card: dict | None = None, int8: dict 
 
 def quantize_and_compare(model: Generator, path: Path, inputs) -> float:
     """Store the ONNX file at `path` as int8; returns its mean |int8 - torch| over the first calibration inputs."""
-    import onnxruntime as ort
-
     from superres.training.quantize import quantize_onnx
     quantize_onnx(path, inputs)
+    return onnx_difference(model, path, inputs[:4])
+
+
+def onnx_difference(model: Generator, path: Path, inputs) -> float:
+    """Mean |onnx - torch| of the ONNX file at `path` against `model` on `inputs` ((1,3,h,w) arrays or tensors)."""
+    import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = model.float().eval()
     errs = []
-    for x in inputs[:4]:
+    for x in inputs:
+        x = np.asarray(x, np.float32)
         with torch.no_grad():
-            ref = model.float().eval()(torch.from_numpy(x)).numpy()
+            ref = model(torch.from_numpy(x)).numpy()
         errs.append(float(np.abs(sess.run(["output"], {"input": x})[0] - ref).mean()))
     return float(np.mean(errs))
 
@@ -267,7 +273,8 @@ REAL_CARD_KEY = {"gan_real": "real_networks", "faithful_real": "real_faithful_ne
 def real_network(run_dir: Path, kind: str, int8_data: str | None):
     """(scale, the run's network of `kind`, its card entry, its int8 calibration inputs or None) of a run trained on
     the real-world chain. kind "faithful_real": the run's stage-1 generator; "gan_real": its strength-1 network (the
-    polished GAN, else the GAN generator, else a stage-1 fine-tune that started from a GAN network, `--init`)."""
+    polished GAN, else the GAN generator, else, for a stage-1 fine-tune (`--init`, e.g. of a GAN network), its one
+    generator)."""
     record = json.loads((run_dir / "record.json").read_text())
     if record["config"].get("degradation") != "real":
         raise ValueError(f"{run_dir} was not trained with --degradation real")
@@ -276,8 +283,8 @@ def real_network(run_dir: Path, kind: str, int8_data: str | None):
              "gan_real": ("generator_polished.pt", "generator_gan.pt")}[kind]
     path = next((ck / n for n in names if (ck / n).exists()), None)
     init = record["stages"].get("generator", {}).get("init")
-    if path is None and kind == "gan_real" and init and "gan" in Path(init).stem:
-        path = ck / "generator_faithful.pt"    # the content-loss fine-tune of a GAN network
+    if path is None and kind == "gan_real" and init:   # a stage-1 fine-tune (of a GAN network): its only generator
+        path = ck / "generator_faithful.pt"
     if path is None or not path.exists():
         raise FileNotFoundError(f"{run_dir} has no {kind} network (looked for {', '.join(names)})")
     model = load_network(path).eval()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from superres.training.export import onnx_difference
 from superres.training.models import Generator, UnetConfig, save_network
 
 MAX_MEAN_ABS_ERROR = 0.01   # recovered torch vs the ONNX file, on [0, 1] outputs (int8 activations cost ~0.002)
@@ -43,7 +44,7 @@ def _module_path(node_name: str) -> str:
     return path
 
 
-def onnx_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def onnx_weights(path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], dict[str, np.ndarray]]:
     """({module path: (weight, bias or None)} of every Conv in an ONNX generator, dequantised to float32; the other
     initializers by name)."""
     import onnx
@@ -171,15 +172,6 @@ def _set_folded_norms(model: Generator, folded, calibration) -> None:
         bn.bias.copy_(mean + bias)
 
 
-@torch.no_grad()
-def onnx_difference(model: Generator, path, inputs) -> float:
-    """Mean |torch - onnx| of `model` against the ONNX file at `path` on `inputs`."""
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return float(np.mean([np.abs(model(x).numpy() - sess.run(["output"], {"input": x.numpy()})[0]).mean()
-                          for x in inputs]))
-
-
 def recover(model_dir, out_dir, data: str | None = None, n_calibration: int = 32) -> dict:
     """Write `<scale>_<kind>.pt` (a `load_network` checkpoint) for every network of a model folder into `out_dir`;
     `data`: photo folders (comma-separated) whose degraded crops calibrate the batch-norm statistics (without them a
@@ -189,6 +181,9 @@ def recover(model_dir, out_dir, data: str | None = None, n_calibration: int = 32
     from superres.training.quantize import calibration_inputs
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     card = read_card(model_dir)
+    if not data:
+        print("recover: no --data, so the folded batch norms keep mean 0 / variance 1: the checkpoints reproduce the "
+              "ONNX files in eval mode, but training from them starts far from the shipped networks")
     out_dir.mkdir(parents=True, exist_ok=True)
     errors = {}
     for scale, kinds in card["networks"].items():
