@@ -12,7 +12,6 @@ licensed for this).
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +27,12 @@ class IdentityUnavailable(RuntimeError):
 
 
 def model_folder() -> Path:
-    """The `models/` folder of the face_recognition_models wheel, found without importing the package (its
-    __init__ needs pkg_resources, which current setuptools no longer has)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise IdentityUnavailable("the identity distance needs face_recognition_models and dlib-bin "
-                                  "(pip install -e '.[eval]')")
-    return Path(next(iter(spec.submodule_search_locations))) / "models"
+    """The face_recognition_models wheel's `models/` folder (the one lookup: the training's face descriptor)."""
+    from superres.training.face_descriptor import dlib_models_folder
+    try:
+        return dlib_models_folder()
+    except FileNotFoundError as e:
+        raise IdentityUnavailable(f"the identity distance needs dlib-bin too: {e}") from e
 
 
 def describe_method() -> dict:

