@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,6 +199,7 @@ class IdentityLoss(nn.Module):
         photos = (target.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         found, grids = [], []
         for i, rgb in enumerate(photos):
+            rgb = np.ascontiguousarray(rgb)   # dlib reads a strided view (a permuted batch) wrongly
             boxes, scores, _ = self.detector.run(rgb, 0, 0.0)
             if len(boxes):
                 box = boxes[max(range(len(boxes)), key=lambda k: scores[k])]
