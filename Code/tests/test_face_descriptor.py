@@ -103,6 +103,17 @@ def test_identity_loss_finds_the_faces_of_a_batch_as_dlib_does_on_each_photo(dli
         assert torch.equal(grid, want)
 
 
+def test_a_4px_grid_barely_moves_the_low_passed_identity_loss(dlib_models):
+    # unblurred chips let the descriptor read a pixel grid, and training drew one to move it
+    from superres.training.losses import IdentityLoss
+    target = torch.cat([tensor(np.asarray(p)) for p in face_photos()])
+    yy, xx = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
+    grid = 0.06 * torch.cos(np.pi / 2 * xx) * torch.cos(np.pi / 2 * yy)        # period 4, as the head's phases
+    gridded = (target + grid).clamp(0, 1)
+    sharp, soft = IdentityLoss(blur=0), IdentityLoss()
+    assert float(soft(gridded, target)) < 0.25 * float(sharp(gridded, target))
+
+
 def test_a_file_that_is_not_dlibs_network_is_an_error_not_a_guess(tmp_path):
     from superres.training.face_descriptor import FaceDescriptor
     bad = tmp_path / "not_a_net.dat"
