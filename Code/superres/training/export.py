@@ -366,7 +366,7 @@ def add_arguments(p):
                         "scale's faithful network on inputs that look JPEG-compressed (quality ~75 or lower)")
     p.add_argument("--real-gan-run", action="append", default=[], metavar="RUN",
                    help="run folder trained on the real-world chain (train --degradation real): its strength-1 network "
-                        "stands in for its scale's GAN network on inputs that look JPEG-compressed")
+                        "stands in for its scale's GAN network on inputs that look compressed and soft")
     p.add_argument("--real-faithful-run", action="append", default=[], metavar="RUN",
                    help="run folder fine-tuned on the real-world chain (train --init <faithful.pt> "
                         "--degradation real): its generator stands in for its scale's faithful network on inputs that "
