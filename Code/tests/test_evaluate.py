@@ -248,6 +248,17 @@ def test_evaluate_limit_2_writes_the_schema(untrained_model_dir, tmp_path, share
     assert details and all(Image.open(p).height == 20 + 3 * (side + 4) for p in details)
 
 
+@pytest.mark.shared_data
+def test_evaluate_of_ours_alone_writes_close_ups_without_the_before_after(untrained_model_dir, tmp_path, shared_data):
+    """`--methods ours` (how a candidate network is screened) has no bicubic column: the real-world close-ups are
+    written, the before/after picture, which needs one, is not (it used to fail after the whole evaluation)."""
+    out = tmp_path / "results"
+    assert main(["evaluate", "--model-dir", str(untrained_model_dir), "--limit", "2", "--no-speed", "--sets",
+                 "portraits512_real", "--scales", "4", "--methods", "ours", "--strengths", "1", "--out", str(out)]) == 0
+    assert len(sorted((out / "samples").glob("*_x4_real.png"))) == 2
+    assert not (out / "samples" / "before_after.png").exists()
+
+
 def test_input_kinds_counts_how_the_enhancer_reads_the_inputs(shared_data):
     from superres.evaluation.evaluate import input_kinds
     card = {"networks": {"4": {"faithful": "a", "gan": "b", "gan_real": "c"}, "2": {"faithful": "a", "gan": "b"}}}

@@ -424,8 +424,10 @@ def write_samples(kept: dict, out_dir: Path, default_strength: float | None = No
         grid = real_grid(parts, default_strength)
         grid.save(path, optimize=True)
         written.append(path)
-        if name == next((n for n in SAMPLE_IMAGES if "face" in kept["portraits512_real"].get(n, {})), None):
-            titles = [t for _, t in real_columns(parts, default_strength)]
+        titles = [t for _, t in real_columns(parts, default_strength)]
+        first = next((n for n in SAMPLE_IMAGES if "face" in kept["portraits512_real"].get(n, {})), None)
+        if name == first and {DISPLAY["bicubic"], label("ours", default_strength)} <= set(titles):
+            # (an evaluation of some methods only, e.g. `--methods ours`, has no before/after to show)
             unlabelled = real_grid(parts, default_strength, region_labels=False)
             before_after(unlabelled, titles, default_strength).save(out_dir / BEFORE_AFTER, optimize=True)
             written.append(out_dir / BEFORE_AFTER)
