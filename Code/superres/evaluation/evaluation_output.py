@@ -374,10 +374,19 @@ def real_grid(parts: dict, default_strength: float | None = None, scale: int = S
 BEFORE_AFTER = "before_after.png"   # the README's first picture: one real-world face, input / bicubic / ours
 
 
-def before_after(grid: Image.Image, titles: list[str], default_strength: float | None) -> Image.Image:
-    """The face row of a `real_grid` (whose columns are `titles`), cut down to the degraded input, bicubic and
-    ours at the default strength: what a person deciding whether to use this wants to see first."""
+def before_after_columns(titles: list[str], default_strength: float | None) -> list[str] | None:
+    """The before/after picture's columns (the degraded input, bicubic, ours at the default strength), or None
+    where the close-ups lack one: an evaluation of some methods only (`--methods ours`) has no picture to show."""
     want = [titles[0], DISPLAY["bicubic"], label("ours", default_strength)]
+    return want if set(want) <= set(titles) else None
+
+
+def before_after(grid: Image.Image, titles: list[str], default_strength: float | None) -> Image.Image:
+    """The face row of a `real_grid` (whose columns are `titles`), cut down to `before_after_columns`: what a
+    person deciding whether to use this wants to see first."""
+    want = before_after_columns(titles, default_strength)
+    if want is None:
+        raise ValueError(f"the close-ups lack a column of the before/after picture: {titles}")
     side, pad, text_h = REAL_FACE, 4, 20
     out = Image.new("RGB", (len(want) * (side + pad) - pad, text_h + side), "white")
     draw, font = ImageDraw.Draw(out), label_font(14)
@@ -426,8 +435,7 @@ def write_samples(kept: dict, out_dir: Path, default_strength: float | None = No
         written.append(path)
         titles = [t for _, t in real_columns(parts, default_strength)]
         first = next((n for n in SAMPLE_IMAGES if "face" in kept["portraits512_real"].get(n, {})), None)
-        if name == first and {DISPLAY["bicubic"], label("ours", default_strength)} <= set(titles):
-            # (an evaluation of some methods only, e.g. `--methods ours`, has no before/after to show)
+        if name == first and before_after_columns(titles, default_strength):
             unlabelled = real_grid(parts, default_strength, region_labels=False)
             before_after(unlabelled, titles, default_strength).save(out_dir / BEFORE_AFTER, optimize=True)
             written.append(out_dir / BEFORE_AFTER)
