@@ -283,6 +283,24 @@ def test_lattice_loss_costs_a_grid_only():
     assert both(grid, y).item() == pytest.approx(WeightFreeLoss()(grid, y).item() + 2 * value.item(), rel=1e-5)
 
 
+def test_windowed_lattice_loss_sees_a_local_grid_the_whole_crop_hardly_does():
+    """Dots in one corner (as over hair or an eye): scored per 32-px window they cost more than over the 128-px crop;
+    the windows are the crop's tiles, each scored as LatticeLoss scores a crop."""
+    from superres.training.losses import _windows
+    torch.manual_seed(0)
+    y = torch.rand(2, 3, 128, 128) * 0.2 + torch.linspace(0, 0.6, 128)[None, None, :, None]
+    dotted = y.clone()
+    dotted[..., :32:4, :32:4] += 0.05
+    whole, windowed = LatticeLoss()(dotted, y).item(), LatticeLoss(32)(dotted, y).item()
+    assert LatticeLoss(32)(y, y).item() == pytest.approx(0.0, abs=1e-6) and windowed > 2 * whole
+    tiles = _windows(dotted[:, :1], 32)
+    assert tiles.shape == (2 * 16, 1, 32, 32) and torch.equal(tiles[1], dotted[0, :1, :32, 32:64])
+    assert torch.equal(tiles[16], dotted[1, :1, :32, :32])
+    with pytest.raises(ValueError, match="multiple of 8"):
+        LatticeLoss(20)
+    assert WithLattice(WeightFreeLoss(), 0.1, 64).name.endswith("0.1*lattice@64px")
+
+
 def test_feature_loss_with_local_vgg_weights():
     """The lesson's feature loss, on a randomly initialised VGG16_bn (the real one needs a download)."""
     from torchvision.models import vgg16_bn

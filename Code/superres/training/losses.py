@@ -136,12 +136,23 @@ class LatticeLoss(nn.Module):
     Prominence, not raw power: by raw power bicubic, which has little high-frequency power anywhere, ranks as
     cleaner than a network with a weaker grid.
 
+    With `window` > 0 it is scored per square window of that many pixels, per image the mean over its windows plus
+    the worst one: dots local to hair or an eye raise their window's peaks but hardly the whole crop's.
+
     Use it in the GAN stage only: in the faithful stage it teaches the network to hide the peaks in added noise,
     and with the median floor detached from the gradient, to blur everything (docs/decisions.md)."""
     name = "lattice"
 
+    def __init__(self, window: int = 0):
+        super().__init__()
+        if window and (window < 32 or window % 8):
+            raise ValueError(f"the lattice window must be a multiple of 8 and at least 32 px, got {window}")
+        self.window = window
+
     def forward(self, pred, target):
         yp, yt = rgb_to_y(pred.float()), rgb_to_y(target.float())
+        if self.window:
+            yp, yt = _windows(yp, self.window), _windows(yt, self.window)
         n = yp.shape[-1] // 8 * 8
         yp, yt = yp[..., :n, :n], yt[..., :n, :n]
         win = torch.hann_window(n, periodic=False, device=yp.device, dtype=yp.dtype)
@@ -157,16 +168,30 @@ class LatticeLoss(nn.Module):
             return torch.log10(centre + 1e-10) - torch.log10(median + 1e-10)
 
         excess = F.relu(log_prominence(yp) - log_prominence(yt)).flatten(-2)[..., 1:]   # bin (0, 0): the mean
-        return (excess.mean(dim=-1) + excess.max(dim=-1).values).mean()
+        cost = excess.mean(dim=-1) + excess.max(dim=-1).values
+        if self.window:   # per image: the mean over its windows plus the worst one
+            cost = cost.reshape(pred.shape[0], -1)
+            cost = cost.mean(dim=-1) + cost.max(dim=-1).values
+        return cost.mean()
+
+
+def _windows(y: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, 1, H, W) -> (B * n, 1, side, side): the non-overlapping windows that fit, from the top-left corner."""
+    b, c, h, w = y.shape
+    if h < side or w < side:
+        raise ValueError(f"a {h}x{w} crop holds no {side}-px lattice window")
+    y = y[..., :h // side * side, :w // side * side].unfold(2, side, side).unfold(3, side, side)
+    return y.reshape(b, c, -1, side, side).transpose(1, 2).reshape(-1, c, side, side)
 
 
 class WithLattice(nn.Module):
     """A content loss plus `weight` x LatticeLoss (the GAN stage's generator loss when --lattice-weight > 0)."""
 
-    def __init__(self, base: nn.Module, weight: float):
+    def __init__(self, base: nn.Module, weight: float, window: int = 0):
         super().__init__()
-        self.base, self.lattice, self.weight = base, LatticeLoss(), weight
-        self.name = f"{getattr(base, 'name', type(base).__name__)}+{weight:g}*lattice"
+        self.base, self.lattice, self.weight = base, LatticeLoss(window), weight
+        where = f"@{window}px" if window else ""
+        self.name = f"{getattr(base, 'name', type(base).__name__)}+{weight:g}*lattice{where}"
 
     def forward(self, pred, target):
         return self.base(pred, target) + self.weight * self.lattice(pred, target)

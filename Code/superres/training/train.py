@@ -107,6 +107,8 @@ class TrainConfig:
                                       "Real-ESRGAN: 0.999)")
     lattice_weight: float = option(0.03, help="stage 3: weight of the lattice loss that penalises a periodic grid "
                                               "in the output (0 = off)")
+    lattice_window: int = option(0, help="stage 3: if > 0, the lattice loss is scored per window of this many "
+                                         "output pixels, so dots local to hair or an eye count (0 = the whole crop)")
     epochs_polish: int = option(6, help="stage 4: lattice-polish epochs (constant LR)")
     lr_polish: float = option(5e-5, help="stage 4: learning rate")
     minutes_polish: float = minutes_option("stage 4", "--epochs-polish")
@@ -317,7 +319,7 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     gen = Generator(generator.cfg)
     gen.load_state_dict(generator.state_dict())
     if cfg.lattice_weight:   # GAN stage only: in the faithful stage it teaches the network to add noise
-        loss_func = WithLattice(loss_func, cfg.lattice_weight)
+        loss_func = WithLattice(loss_func, cfg.lattice_weight, cfg.lattice_window)
     learn_gen = run.learner(dls, gen, loss_func, bf16=False)
     learn_crit = critic_learner(run, dls)
     learn_crit.model.load_state_dict(critic.state_dict())
@@ -330,7 +332,8 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     if is_main():   # under DDP every rank has the same weights; rank 0 writes them
         save_network(gen, out)
     run.finish_stage("gan", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gan, cfg.minutes_gan),
-                     weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight, ema=cfg.gan_ema)
+                     weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight,
+                     lattice_window=cfg.lattice_window, ema=cfg.gan_ema)
     return gen
 
 
