@@ -49,3 +49,42 @@ def test_flags_every_jpeg40_evaluation_input_and_no_clean_one(shared_data):
         names = image_names(shared_data, set_name, 4, 999)
         assert len(names) >= 14
         assert all(looks_jpeg_compressed(load_pair(shared_data, set_name, 4, n)[0]) == flagged for n in names)
+
+
+def test_soft_inputs_read_real_compressed_or_not_and_clean_sets_never_do(shared_data):
+    """A blurred photo is "real" with or without a JPEG step (the real-world chain leaves some faces without one);
+    no input of the clean evaluation sets is soft; a flat image has no gradient to judge by and stays clean."""
+    from PIL import ImageFilter
+
+    from superres.evaluation.benchmark import image_names, load_pair
+    from superres.runtime.compression import input_kind
+    photo = astronaut().resize((256, 256), Image.BICUBIC)
+    blurred = photo.filter(ImageFilter.GaussianBlur(1.5))
+    assert input_kind(np.asarray(photo)) == "clean" and input_kind(np.asarray(blurred)) == "real"
+    assert input_kind(jpeg(photo, 40)) == "jpeg" and input_kind(jpeg(blurred, 40)) == "real"
+    assert input_kind(np.full((64, 64, 3), 128, np.uint8)) == "clean"
+    for set_name in ("portraits512", "Set5", "Set14"):
+        kinds = {input_kind(load_pair(shared_data, set_name, 4, n)[0]) for n in image_names(shared_data, set_name, 4)}
+        assert kinds == {"clean"}, set_name
+    real = [input_kind(load_pair(shared_data, "portraits512_real", 4, n)[0])
+            for n in image_names(shared_data, "portraits512_real", 4)]
+    # measured: 45 real, 9 jpeg, 1 clean (4 of the 45 by their noise, frll_140_08 among them)
+    assert real.count("real") >= 44 and real.count("clean") <= 1
+
+
+def test_a_noisy_light_jpeg_reads_real_and_a_clean_one_or_a_noisy_png_does_not():
+    """Noise raises the Laplacian, so a noisy photo reads sharp; sent on as a light JPEG (step 4, quality 85, above
+    what counts as "jpeg") its even noise makes it "real". Without a JPEG step it stays clean: textured clean photos
+    would read as noisy too (what it cannot see)."""
+    from PIL import ImageFilter
+
+    from superres.runtime.compression import NOISE_FLAT, flat_noise, input_kind, jpeg_step, sharpness
+    soft = astronaut().resize((256, 256), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+    grain = np.random.default_rng(0).normal(0, 8, (256, 256, 1))
+    noisy = Image.fromarray((np.asarray(soft) + grain).clip(0, 255).round().astype(np.uint8))
+    light = jpeg(noisy, 85)
+    assert 0 < jpeg_step(light) < STEP_FOR_JPEG_NETWORK and sharpness(light) > 2 and flat_noise(light)[0] > NOISE_FLAT
+    assert input_kind(light) == "real"
+    assert input_kind(np.asarray(noisy)) == "clean"
+    sharp = jpeg(astronaut().resize((256, 256), Image.BICUBIC), 85)
+    assert jpeg_step(sharp) > 0 and input_kind(sharp) == "clean"

@@ -14,14 +14,17 @@ under ~50 px a side (too few coefficients); those get the general network, which
 What it must not flag: smooth gradients and flat synthetic images, whose blocks all have the same coefficients
 (they sit on "multiples" of many steps): a step counts only if the coefficients fill several of its multiples.
 
-`input_kind` then tells two kinds of compressed input apart by their `sharpness` (mean |Laplacian| over mean
-|gradient| of the luma, which blur lowers): a sharp photo that was only JPEG-compressed ("jpeg"; the JPEG-trained
-faithful network restores it best), and a photo that was also blurred, resized and noised before it was sent on
-as a JPEG ("real", the usual case; the general faithful network does better there).
+`input_kind` then reads its `sharpness` (mean |Laplacian| over mean |gradient| of the luma, which blur lowers) and,
+for a light JPEG, its `flat_noise`: a soft input, or a noisy one sent on as a light JPEG ("real": blurred, resized
+or noised; the real-world networks restore it best), a sharp compressed one ("jpeg": only JPEG-compressed; the
+JPEG-trained faithful network) and the rest ("clean"). Noise raises the Laplacian, so a noisy photo can read as
+sharp; it shows instead where the picture is flat, evenly over the image (texture is busier in some blocks than
+others). Only light JPEGs get that test: without a JPEG step the clean sets' textured photos would read as noisy.
 
-The thresholds (STEP_FOR_JPEG_NETWORK, SHARP_JPEG) were set on training photos, JPEG-compressed at each quality
-and degraded by the real-world chain; the clean evaluation sets' inputs are never flagged, portraits512_jpeg40's
-always are (docs/decisions.md has the counts).
+The thresholds (STEP_FOR_JPEG_NETWORK, SHARP, NOISE_FLAT, NOISE_EVEN) were set on training photos, JPEG-compressed
+at each quality and degraded by the real-world chain; the clean evaluation sets' inputs are never flagged (their
+sharpness is 1.82 or more, and none shows a JPEG step), portraits512_jpeg40's always are (docs/decisions.md has
+the counts).
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ MIN_MULTIPLES = 3               # ... spread over at least this many multiples o
 PERIODICITY = 0.5               # mean of cos(2 pi c / step): ~0.9 on a JPEG's step, ~0 at random
 MAX_SIDE = 1024                 # a centred crop this large (aligned to the 8-px grid) is plenty of blocks
 STEP_FOR_JPEG_NETWORK = 6       # step 6 = IJG quality 75: from here down, the input counts as compressed
-SHARP_JPEG = 1.7                # sharpness from which a compressed input counts as only JPEG-compressed
+SHARP = 1.7                     # sharpness below which an input counts as soft ("real"), compressed or not
+NOISE_FLAT = 2.4                # flat_noise (0-255 units) from which a light JPEG counts as noisy ...
+NOISE_EVEN = 1.5                # ... if its median block is at most this times as busy as its flattest tenth
 
 
 def _centre(rgb: np.ndarray) -> np.ndarray:
@@ -88,9 +93,34 @@ def sharpness(rgb: np.ndarray) -> float:
     return float(lap / grad) if grad > 0 else 0.0
 
 
+def flat_noise(rgb: np.ndarray) -> tuple[float, float]:
+    """The luma's high-pass residual (itself minus its 3x3 mean) as a standard deviation per 8x8 block of an (H, W, 3)
+    uint8 image (its centred crop of at most MAX_SIDE): (the 10th percentile, the median) over the blocks. Where the
+    picture is flat the first is its noise; on a clean photo it is near 0 (sharp portraits read 0.3)."""
+    y = _centre(rgb).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if min(y.shape) < 10:
+        return 0.0, 0.0
+    pad = np.pad(y, 1, mode="symmetric")
+    residual = y - sum(pad[i:i + y.shape[0], j:j + y.shape[1]] for i in range(3) for j in range(3)) / 9
+    h, w = (y.shape[0] - 2) // 8 * 8, (y.shape[1] - 2) // 8 * 8    # (the border, whose mean is padded, left out)
+    blocks = residual[1:1 + h, 1:1 + w].reshape(h // 8, 8, w // 8, 8).std(axis=(1, 3))
+    return float(np.percentile(blocks, 10)), float(np.median(blocks))
+
+
+def looks_noisy(rgb: np.ndarray) -> bool:
+    """Noise evenly over the image: its flat blocks busy (NOISE_FLAT) and its typical block hardly busier
+    (NOISE_EVEN); a textured clean photo has flat and busy blocks both."""
+    flat, median = flat_noise(rgb)
+    return flat >= NOISE_FLAT and median <= NOISE_EVEN * flat
+
+
 def input_kind(rgb: np.ndarray) -> str:
-    """"clean" (no JPEG quantisation of quality ~75 or lower), "jpeg" (compressed, otherwise sharp) or "real"
-    (compressed and soft: blurred, resized or denoised before it was compressed)."""
-    if not looks_jpeg_compressed(rgb):
-        return "clean"
-    return "jpeg" if sharpness(rgb) >= SHARP_JPEG else "real"
+    """"real" (soft: blurred, resized or denoised, compressed or not; or noisy and a light JPEG), else "jpeg" (JPEG
+    quantisation of quality ~75 or lower) or "clean". The real-world chain leaves a quarter of its faces without a
+    JPEG step of quality 75 or lower, and the clean networks draw dots from their blur and noise."""
+    if 0 < sharpness(rgb) < SHARP:   # (0: flat, no gradient to judge by)
+        return "real"
+    step = jpeg_step(rgb)
+    if step >= STEP_FOR_JPEG_NETWORK:
+        return "jpeg"
+    return "real" if step and looks_noisy(rgb) else "clean"

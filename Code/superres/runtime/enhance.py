@@ -36,8 +36,9 @@ def add_arguments(p):
                    help="0 = faithful .. 1 = sharp (GAN); default: the model card's default_strength")
     p.add_argument("--jpeg", default="auto", choices=["auto", "yes", "no"],
                    help="how to read the input, where the model has networks for compressed inputs: auto = from its "
-                        "pixels (clean, JPEG-compressed and sharp, or compressed and soft), yes = as JPEG-compressed "
-                        "(the JPEG-trained faithful network and the real-world GAN), no = as clean (default: auto)")
+                        "pixels (clean, JPEG-compressed and sharp, or real-world: soft, or noisy and lightly "
+                        "compressed), yes = as JPEG-compressed (the JPEG-trained faithful network), no = as clean "
+                        "(default: auto)")
     p.add_argument("-t", "--tile", type=int, default=None,
                    help="tile size in input pixels (default: automatic, bounded memory; 0 = whole image)")
     p.add_argument("--tile-pad", type=int, default=DEFAULT_TILE_PAD, help="context around each tile (default: 32)")

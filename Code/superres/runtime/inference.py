@@ -14,10 +14,11 @@ Real-ESRGAN's `RealESRGANer`:
   two one-thread runs at once beat two two-thread runs in turn. Larger images run them in turn, so their peak
   memory stays that of one tile run;
 * the input's kind is read from its pixels before tiling (`superres.runtime.compression.input_kind`, up to a centred
-  1024 px crop): "clean", "jpeg" (JPEG-compressed, otherwise sharp) or "real" (compressed and soft: blurred,
-  resized, noised first). A scale may have more networks for them: `xS_faithful_jpeg` (trained on JPEG inputs)
-  stands in for the faithful network on "jpeg" inputs, `xS_faithful_real` and `xS_gan_real` (trained on the
-  real-world chain, `superres.training.degradations`) for the faithful and GAN ones on "real" inputs;
+  1024 px crop): "clean", "jpeg" (JPEG-compressed, otherwise sharp) or "real" (soft: blurred or resized,
+  compressed or not; or noisy and sent on as a light JPEG). A scale may have more networks for them:
+  `xS_faithful_jpeg` (trained on JPEG inputs) stands in for the faithful network on "jpeg" inputs,
+  `xS_faithful_real` and `xS_gan_real` (trained on the real-world chain, `superres.training.degradations`) for
+  the faithful and GAN ones on "real" inputs;
   `jpeg=True/False` overrides the detection ("jpeg" / "clean");
 * images are processed in overlapping tiles: the image is padded once to the network's input multiple,
   every tile is run with `tile_pad` pixels of real context on each side, and only its centre is written

@@ -263,7 +263,7 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
         networks[scale]["faithful_jpeg"] = model
         card.setdefault("jpeg_networks", {})[f"x{scale}"] = {
             "used": "in place of the faithful network when the input shows JPEG quantisation of IJG quality ~75 or "
-                    "lower (superres.runtime.compression)",
+                    "lower and is sharp (superres.runtime.compression.input_kind 'jpeg')",
             "run": run_dir.name, "train": record["config"]["data"],
             "training_sets": training_sets(record["config"]["data"]), "degradation": record.get("degradation"),
             "loss": record.get("loss"), "stages": record["stages"],
@@ -285,10 +285,10 @@ def export_runs(run_dirs, out_dir, int8_data: str | None = None, jpeg_run_dirs=(
 
 
 REAL_USE = {
-    "gan_real": "in place of the GAN network when the input shows JPEG quantisation of IJG quality ~75 or lower and "
-                "is soft (superres.runtime.compression.input_kind 'real')",
-    "faithful_real": "in place of the faithful network when the input shows JPEG quantisation of IJG quality ~75 or "
-                     "lower and is soft (superres.runtime.compression.input_kind 'real')",
+    "gan_real": "in place of the GAN network when the input reads as real-world: soft, or noisy and sent on as a "
+                "light JPEG (superres.runtime.compression.input_kind 'real')",
+    "faithful_real": "in place of the faithful network when the input reads as real-world: soft, or noisy and sent "
+                     "on as a light JPEG (superres.runtime.compression.input_kind 'real')",
 }
 
 
@@ -366,11 +366,12 @@ def add_arguments(p):
                         "scale's faithful network on inputs that look JPEG-compressed (quality ~75 or lower)")
     p.add_argument("--real-gan-run", action="append", default=[], metavar="RUN",
                    help="run folder trained on the real-world chain (train --degradation real): its strength-1 network "
-                        "stands in for its scale's GAN network on inputs that look compressed and soft")
+                        "stands in for its scale's GAN network on real-world inputs (soft, or noisy and lightly "
+                        "compressed)")
     p.add_argument("--real-faithful-run", action="append", default=[], metavar="RUN",
                    help="run folder fine-tuned on the real-world chain (train --init <faithful.pt> "
-                        "--degradation real): its generator stands in for its scale's faithful network on inputs that "
-                        "look compressed and soft")
+                        "--degradation real): its generator stands in for its scale's faithful network on real-world "
+                        "inputs (soft, or noisy and lightly compressed)")
     p.add_argument("--into", metavar="MODEL_DIR", default=None,
                    help="add the --real-gan-run / --real-faithful-run networks to this existing model folder instead "
                         "of writing a new one")
