@@ -138,9 +138,8 @@ def markdown_report(report: dict) -> str:
             used = "; ".join(f"{task} " + ", ".join(f"{n} {k}" for k, n in kinds.items())
                              for task, kinds in report["input_kinds"].items())
             lines += ["How the inputs were read (`superres.runtime.compression.input_kind`; clean: the faithful "
-                      "and GAN "
-                      "networks, jpeg: the JPEG-trained faithful network and the real-world GAN, real: the faithful "
-                      f"network and the real-world GAN): {used}.", ""]
+                      "and GAN networks, jpeg: the JPEG-trained faithful network and the GAN network, real: the "
+                      f"real-world faithful and GAN networks, where the scale has them): {used}.", ""]
     lines += ["PSNR and SSIM on Y (BT.601) with `scale` pixels shaved; HaarPSI (piq, RGB, weight-free; higher is "
               "better); HF ratio = RMS of the Laplacian of Y, output over target (< 1 smoother than the target, > 1 "
               "added texture); lattice = the strongest 2/4/8-px grid peak of the output's spectrum relative to the "

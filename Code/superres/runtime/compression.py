@@ -45,6 +45,14 @@ NOISE_FLAT = 2.4                # flat_noise (0-255 units) from which a light JP
 NOISE_EVEN = 1.5                # ... if its median block is at most this times as busy as its flattest tenth
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # JPEG's Y (BT.601)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """The float32 luma of an (H, W, 3) image's centred crop of at most MAX_SIDE."""
+    return _centre(rgb).astype(np.float32) @ _LUMA
+
+
 def _centre(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     y0, x0 = max(0, (h - MAX_SIDE) // 16 * 8), max(0, (w - MAX_SIDE) // 16 * 8)   # stays on the block grid
@@ -54,7 +62,7 @@ def _centre(rgb: np.ndarray) -> np.ndarray:
 def _step_on_grid(rgb: np.ndarray) -> int:
     """`jpeg_step` for the block grid that starts at the top-left corner of `rgb`."""
     crop = _centre(rgb[:rgb.shape[0] // 8 * 8, :rgb.shape[1] // 8 * 8])
-    luma = crop.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) - 128   # JPEG's Y, centred
+    luma = crop.astype(np.float32) @ _LUMA - 128   # JPEG's Y, centred
     blocks = luma.reshape(luma.shape[0] // 8, 8, luma.shape[1] // 8, 8).transpose(0, 2, 1, 3)
     coefs = np.concatenate([np.einsum("x,abxy,y->ab", _DCT[u], blocks, _DCT[v]).ravel() for u, v in _POSITIONS])
     # the largest step whose multiples the coefficients sit on (its divisors fit as well: look from the top)
@@ -85,7 +93,7 @@ def looks_jpeg_compressed(rgb: np.ndarray) -> bool:
 def sharpness(rgb: np.ndarray) -> float:
     """Mean |4-neighbour Laplacian| over mean |first difference| of the luma of an (H, W, 3) uint8 image (its
     centred crop of at most MAX_SIDE): about 2 for a sharp photo, lower the more it was blurred."""
-    y = _centre(rgb).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    y = _luma(rgb)
     if min(y.shape) < 3:
         return 0.0
     grad = (np.abs(np.diff(y, axis=1)).mean() + np.abs(np.diff(y, axis=0)).mean()) / 2
@@ -97,7 +105,7 @@ def flat_noise(rgb: np.ndarray) -> tuple[float, float]:
     """The luma's high-pass residual (itself minus its 3x3 mean) as a standard deviation per 8x8 block of an (H, W, 3)
     uint8 image (its centred crop of at most MAX_SIDE): (the 10th percentile, the median) over the blocks. Where the
     picture is flat the first is its noise; on a clean photo it is near 0 (sharp portraits read 0.3)."""
-    y = _centre(rgb).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    y = _luma(rgb)
     if min(y.shape) < 10:
         return 0.0, 0.0
     pad = np.pad(y, 1, mode="symmetric")
