@@ -301,6 +301,30 @@ def test_windowed_lattice_loss_sees_a_local_grid_the_whole_crop_hardly_does():
     assert WithLattice(WeightFreeLoss(), 0.1, 64).name.endswith("0.1*lattice@64px")
 
 
+def test_grid_loss_sees_local_dots_but_not_ramps_noise_or_the_photo_itself():
+    """GridLoss: dots in one corner cost several times what white noise of the same power costs; a ramp has no
+    local grid (the high-pass comes first); the photo against itself costs nothing, and a weaker grid than the
+    photo's costs nothing either (one-sided)."""
+    from superres.training.losses import GridLoss, WithGrid, local_grid
+    torch.manual_seed(0)
+    y = torch.rand(2, 3, 128, 128) * 0.1 + torch.linspace(0, 0.6, 128)[None, None, :, None]
+    dots = torch.zeros_like(y)
+    dots[..., :32:4, :32:4] = 0.2
+    dots[..., :32, :32] -= dots[..., :32, :32].mean()
+    noise = torch.zeros_like(y)
+    noise[..., :32, :32] = torch.randn(2, 3, 32, 32) * dots[..., :32, :32].std()
+    loss = GridLoss(period=4, sigma=3.0)
+    assert loss(y, y).item() == pytest.approx(0.0, abs=1e-7)
+    dotted = loss(y + dots, y).item()
+    assert dotted > 3 * loss(y + noise, y).item() > 0
+    assert loss(y, y + dots).item() < 0.01 * dotted
+    ramp = torch.linspace(0, 1, 64)[:, None] * torch.linspace(0.2, 0.8, 64)[None, :]
+    dot_grid = local_grid(dots[:1, :1], 4, 3.0)
+    assert local_grid(ramp[None, None], 4, 3.0).max().item() < 0.1 * dot_grid.max().item()
+    assert local_grid(ramp[None, None], 4, 3.0).shape == (1, 1, 16, 16)
+    assert WithGrid(WeightFreeLoss(), 10).name.endswith("+10*grid")
+
+
 def test_feature_loss_with_local_vgg_weights():
     """The lesson's feature loss, on a randomly initialised VGG16_bn (the real one needs a download)."""
     from torchvision.models import vgg16_bn

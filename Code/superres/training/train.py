@@ -51,7 +51,7 @@ from superres.training.callbacks import (
 from superres.training.data import Degradation, sr_dataloaders
 from superres.training.degradations import RealWorld
 from superres.training.distributed import ddp, init_distributed, is_main
-from superres.training.losses import PolishLoss, WithIdentity, WithLattice, make_loss
+from superres.training.losses import PolishLoss, WithGrid, WithIdentity, WithLattice, make_loss
 from superres.training.metrics import psnr_y, ssim_y
 from superres.training.models import (
     CRITIC_INPUTS,
@@ -109,6 +109,10 @@ class TrainConfig:
                                               "in the output (0 = off)")
     lattice_window: int = option(0, help="stage 3: if > 0, the lattice loss is scored per window of this many "
                                          "output pixels, so dots local to hair or an eye count (0 = the whole crop)")
+    grid_weight: float = option(0.0, help="stage 3: weight of the local grid loss (GridLoss: the output's local "
+                                          "--scale-px pattern in excess of the photo's, in grey levels of [0, 1]; "
+                                          "0 = off)")
+    grid_sigma: float = option(4.0, help="stage 3: Gaussian window of the local grid loss, in output pixels")
     epochs_polish: int = option(6, help="stage 4: lattice-polish epochs (constant LR)")
     lr_polish: float = option(5e-5, help="stage 4: learning rate")
     minutes_polish: float = minutes_option("stage 4", "--epochs-polish")
@@ -320,6 +324,8 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
     gen.load_state_dict(generator.state_dict())
     if cfg.lattice_weight:   # GAN stage only: in the faithful stage it teaches the network to add noise
         loss_func = WithLattice(loss_func, cfg.lattice_weight, cfg.lattice_window)
+    if cfg.grid_weight:
+        loss_func = WithGrid(loss_func, cfg.grid_weight, cfg.scale, cfg.grid_sigma)
     learn_gen = run.learner(dls, gen, loss_func, bf16=False)
     learn_crit = critic_learner(run, dls)
     learn_crit.model.load_state_dict(critic.state_dict())
@@ -333,7 +339,8 @@ def train_gan(run: Run, dls, loss_func, generator: Generator, critic: nn.Module)
         save_network(gen, out)
     run.finish_stage("gan", learn, times, started, epochs=stage_epochs(learn, cfg.epochs_gan, cfg.minutes_gan),
                      weights_gen=list(cfg.gan_weights), lattice_weight=cfg.lattice_weight,
-                     lattice_window=cfg.lattice_window, ema=cfg.gan_ema)
+                     lattice_window=cfg.lattice_window, grid_weight=cfg.grid_weight, grid_sigma=cfg.grid_sigma,
+                     ema=cfg.gan_ema)
     return gen
 
 
