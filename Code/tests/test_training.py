@@ -195,6 +195,26 @@ def test_image_seeing_critic_tells_apart_what_the_high_pass_cannot():
         assert seeing[0](x).shape == (1, 6, 64, 64)
 
 
+def test_grid_seeing_critic_is_shown_the_4px_pattern_whole_and_noise_of_its_power_weakly():
+    """critic_sees="image+highpass+grid": the first 6 channels are the image-seeing critic's, the last 3 the local
+    4-px pattern, amplified: a grid-locked dot pattern is shown at its full amplitude (x 32), white noise of the
+    same power at well under it, and a ramp not at all."""
+    torch.manual_seed(0)
+    photo = torch.full((1, 3, 64, 64), 0.5)
+    dots = torch.zeros_like(photo)
+    dots[..., 0::4, 0::4], dots[..., 2::4, 2::4] = 0.02, -0.02
+    noise = torch.randn_like(photo) * dots.std()
+    ramp = torch.linspace(0.1, 0.9, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    view = make_critic(nf=16, sees="image+highpass+grid")[0]
+    with torch.no_grad():
+        out = view(photo + dots)
+        assert out.shape == (1, 9, 64, 64)
+        assert torch.equal(out[:, :6], make_critic(nf=16, sees="image+highpass")[0](photo + dots))
+        rms = lambda x: view(x)[:, 6:, 8:-8, 8:-8].pow(2).mean().sqrt().item()  # noqa: E731
+        assert rms(photo + dots) > 0.95 * 32 * dots.std().item()
+        assert rms(photo + noise) < 0.5 * rms(photo + dots)
+        assert rms(ramp) < 1e-3
+
 # ---- losses and metrics -----------------------------------------------------------------------------
 def test_weightfree_loss_zero_for_identical_and_grows_with_error():
     loss = WeightFreeLoss()

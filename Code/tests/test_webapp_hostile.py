@@ -170,7 +170,12 @@ def test_security_headers(server):
 @pytest.mark.slow
 def test_no_request_stalls_the_service(untrained_model_dir):
     """The promise: with 8 concurrent x4 requests and 6 abandoned big ones ahead of it, a small request
-    completes in under 5 s; /healthz stays under 0.5 s while 12 oversized PNGs are refused."""
+    completes in under 5 s; /healthz, polled in turn while 12 oversized PNGs are refused, stays under 1 s.
+
+    Why polled in turn: polls sent all at once with the uploads are answered before the uploads' bodies have
+    arrived, so they read 30-50 ms even when the server decodes each PNG on its event loop (~0.16 s each here);
+    polled in turn, that fault reads 1.8-3.3 s and a healthy server 20-50 ms (2-core EPYC, also beside a
+    2-thread evaluation)."""
     env = {"MODEL_DIR": str(untrained_model_dir), "WORKERS": "1", "QUEUE": "32"}
     with run_server(env) as (base, _):
         httpx.post(base + "/api/enhance", files={"file": ("w.png", _bytes(small_rgb(), "PNG"))}, data={"scale": "4"})
@@ -206,12 +211,16 @@ def test_no_request_stalls_the_service(untrained_model_dir):
                     t = time.perf_counter()
                     assert (await client.get(base + "/healthz")).status_code == 200
                     return time.perf_counter() - t
-                posts = [client.post(base + "/api/enhance", files={"file": ("o.png", oversized)}) for _ in range(12)]
-                results = await asyncio.gather(*posts, *[health() for _ in range(12)])
-                return [r.status_code for r in results[:12]], results[12:]
+                posts = asyncio.gather(*[client.post(base + "/api/enhance", files={"file": ("o.png", oversized)})
+                                         for _ in range(12)])
+                polls = []
+                while not posts.done():         # one poll at a time, for as long as the refusals take
+                    polls.append(await health())
+                return [r.status_code for r in await posts], polls
         codes, health = asyncio.run(refuse())
     print(f"\nsmall x4 request behind 8 concurrent x4 (256 px) + 6 abandoned x4 (1500 px): {small_s:.2f} s; "
           f"/healthz while 12 oversized PNGs were refused: max {max(health) * 1000:.0f} ms "
-          f"over {len(health)} polls sent with them")
+          f"over {len(health)} polls in turn while they were sent")
     assert small_s < 5
-    assert codes == [413] * 12 and max(health) < 0.5
+    assert codes == [413] * 12
+    assert max(health) < 1.0, f"/healthz polls took {sorted(round(t, 3) for t in health)} s"

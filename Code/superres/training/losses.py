@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from superres.training.metrics import rgb_to_y, ssim
+from superres.training.metrics import period_highpass, phase_offsets, rgb_to_y, ssim
 from superres.training.models import blend_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -271,39 +271,10 @@ class WithIdentity(nn.Module):
         return self.base(pred, target) + self.weight * self.identity(pred, target)
 
 
-def phase_offsets(x, period: int, sigma: float):
-    """The locally periodic part of x with the PixelShuffle's period: for each of the period^2 sub-pixel phases,
-    its Gaussian-weighted local mean (sigma in output pixels) less the mean over the phases, put back at that
-    phase's pixels. A 4-px dot pattern is all periodic; of a smoother difference only what lies near the period's
-    frequencies is (a quarter of noise blurred by a 9-px box at sigma 3)."""
-    n, c, h, w = x.shape
-    h, w = h // period * period, w // period * period
-    phases = x[..., :h, :w].reshape(n, c, h // period, period, w // period, period).permute(0, 1, 3, 5, 2, 4)
-    phases = phases.reshape(n, c * period * period, h // period, w // period)
-    s = sigma / period                                   # in phase-grid pixels
-    r = max(1, math.ceil(3 * s))
-    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * s * s))
-    k = (k / k.sum()).view(1, 1, 1, -1).expand(phases.shape[1], 1, 1, -1)
-    blur = F.conv2d(F.pad(phases, (r, r, 0, 0), mode="replicate"), k, groups=phases.shape[1])
-    blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="replicate"), k.transpose(-1, -2), groups=phases.shape[1])
-    local = blur.view(n, c, period * period, h // period, w // period)
-    offsets = (local - local.mean(dim=2, keepdim=True)).view(n, c, period, period, h // period, w // period)
-    out = torch.zeros_like(x)
-    out[..., :h, :w] = offsets.permute(0, 1, 4, 2, 5, 3).reshape(n, c, h, w)
-    return out
-
-
 def local_grid(y, period: int, sigma: float):
     """(N,1,H,W) luma -> (N,1,H/period,W/period): the local amplitude of its period-`period` pattern, the RMS over
-    the sub-pixel phases of `phase_offsets` of its high-pass. The high-pass (y less a `period`-px box that keeps
-    ramps straight) first: on a raw ramp the phases' means differ by the slope, not by a grid."""
-    taps = torch.ones(period + 1, device=y.device, dtype=y.dtype)
-    taps[0] = taps[-1] = 0.5
-    taps = (taps / period).view(1, 1, 1, -1)
-    r = period // 2
-    low = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), taps)
-    low = F.conv2d(F.pad(low, (0, 0, r, r), mode="replicate"), taps.transpose(-1, -2))
-    offsets = phase_offsets(y - low, period, sigma)
+    the sub-pixel phases of `phase_offsets` of its `period_highpass`."""
+    offsets = phase_offsets(period_highpass(y, period), period, sigma)
     h, w = y.shape[-2] // period * period, y.shape[-1] // period * period
     return F.avg_pool2d(offsets[..., :h, :w] ** 2, period).add(1e-6).sqrt()
 

@@ -5,6 +5,8 @@ Torch functions on (N,3,H,W) tensors in [0,1]; used as fastai metrics during tra
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -129,3 +131,37 @@ def spectral_distance(out_y: np.ndarray, target_y: np.ndarray, scale: int, bands
         if m.any():
             d.append(abs(np.log10(max(po[m].mean(), 1e-20)) - np.log10(max(pt[m].mean(), 1e-20))))
     return float(np.mean(d))
+
+
+def phase_offsets(x, period: int, sigma: float):
+    """The locally periodic part of x with the PixelShuffle's period: for each of the period^2 sub-pixel phases,
+    its Gaussian-weighted local mean (sigma in output pixels) less the mean over the phases, put back at that
+    phase's pixels. A 4-px dot pattern is all periodic; of a smoother difference only what lies near the period's
+    frequencies is (a quarter of noise blurred by a 9-px box at sigma 3)."""
+    n, c, h, w = x.shape
+    h, w = h // period * period, w // period * period
+    phases = x[..., :h, :w].reshape(n, c, h // period, period, w // period, period).permute(0, 1, 3, 5, 2, 4)
+    phases = phases.reshape(n, c * period * period, h // period, w // period)
+    s = sigma / period                                   # in phase-grid pixels
+    r = max(1, math.ceil(3 * s))
+    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * s * s))
+    k = (k / k.sum()).view(1, 1, 1, -1).expand(phases.shape[1], 1, 1, -1)
+    blur = F.conv2d(F.pad(phases, (r, r, 0, 0), mode="replicate"), k, groups=phases.shape[1])
+    blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="replicate"), k.transpose(-1, -2), groups=phases.shape[1])
+    local = blur.view(n, c, period * period, h // period, w // period)
+    offsets = (local - local.mean(dim=2, keepdim=True)).view(n, c, period, period, h // period, w // period)
+    out = torch.zeros_like(x)
+    out[..., :h, :w] = offsets.permute(0, 1, 4, 2, 5, 3).reshape(n, c, h, w)
+    return out
+
+
+def period_highpass(x, period: int):
+    """x less a `period`-px box mean (end taps halved, so ramps stay straight): on a raw ramp the sub-pixel phases'
+    means differ by the slope, not by a grid. Per channel."""
+    c, r = x.shape[1], period // 2
+    taps = torch.ones(period + 1, device=x.device, dtype=x.dtype)
+    taps[0] = taps[-1] = 0.5
+    taps = (taps / period).view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    low = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), taps, groups=c)
+    low = F.conv2d(F.pad(low, (0, 0, r, r), mode="replicate"), taps.transpose(-1, -2), groups=c)
+    return x - low

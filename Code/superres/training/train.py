@@ -81,7 +81,8 @@ class TrainConfig:
     critic_nf: int = option(32, help="width of the critic (channels of its first layer)")
     critic_sees: str = option("image+highpass", choices=list(CRITIC_INPUTS),
                               help="what the critic is shown: the image and its amplified high-pass (what trained the "
-                                   "shipped networks), or the high-pass only")
+                                   "shipped networks), the high-pass only, or the image, its high-pass and its "
+                                   "local 4-px pattern (ImageHighPassAndGrid)")
     hr_size: int = option(192, help="side of the high-resolution training crops in pixels; the input crop is "
                                     "hr_size/scale")
     max_side: int = option(768, help="photos are shrunk so that their longer side is at most this before cropping "
