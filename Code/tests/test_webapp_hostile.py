@@ -174,8 +174,8 @@ def test_no_request_stalls_the_service(untrained_model_dir):
 
     Why polled in turn: polls sent all at once with the uploads are answered before the uploads' bodies have
     arrived, so they read 30-50 ms even when the server decodes each PNG on its event loop (~0.16 s each here);
-    polled in turn, that fault reads 1.8-3.3 s and a healthy server 20-50 ms (2-core EPYC, also beside a
-    2-thread evaluation)."""
+    polled in turn, that fault reads 1.8-3.3 s and a healthy server 20-40 ms (2-core EPYC, also beside a
+    training run)."""
     env = {"MODEL_DIR": str(untrained_model_dir), "WORKERS": "1", "QUEUE": "32"}
     with run_server(env) as (base, _):
         httpx.post(base + "/api/enhance", files={"file": ("w.png", _bytes(small_rgb(), "PNG"))}, data={"scale": "4"})
