@@ -215,6 +215,7 @@ def test_grid_seeing_critic_is_shown_the_4px_pattern_whole_and_noise_of_its_powe
         assert rms(photo + noise) < 0.5 * rms(photo + dots)
         assert rms(ramp) < 1e-3
 
+
 # ---- losses and metrics -----------------------------------------------------------------------------
 def test_weightfree_loss_zero_for_identical_and_grows_with_error():
     loss = WeightFreeLoss()

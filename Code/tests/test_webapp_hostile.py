@@ -170,10 +170,10 @@ def test_security_headers(server):
 @pytest.mark.slow
 def test_no_request_stalls_the_service(untrained_model_dir):
     """The promise: with 8 concurrent x4 requests and 6 abandoned big ones ahead of it, a small request
-    completes in under 5 s; /healthz, polled in turn while 12 oversized PNGs are refused, stays under 1 s.
+    completes in under 5 s; /healthz, polled in turn while 12 oversized PNGs are refused, stays under 0.5 s.
 
     Why polled in turn: polls sent all at once with the uploads are answered before the uploads' bodies have
-    arrived, so they read 30-50 ms even when the server decodes each PNG on its event loop (~0.16 s each here);
+    arrived, so they read 30-55 ms even when the server decodes each PNG on its event loop (~0.16 s each here);
     polled in turn, that fault reads 1.8-3.3 s and a healthy server 20-40 ms (2-core EPYC, also beside a
     training run)."""
     env = {"MODEL_DIR": str(untrained_model_dir), "WORKERS": "1", "QUEUE": "32"}
@@ -223,4 +223,4 @@ def test_no_request_stalls_the_service(untrained_model_dir):
           f"over {len(health)} polls in turn while they were sent")
     assert small_s < 5
     assert codes == [413] * 12
-    assert max(health) < 1.0, f"/healthz polls took {sorted(round(t, 3) for t in health)} s"
+    assert max(health) < 0.5, f"/healthz polls took {sorted(round(t, 3) for t in health)} s"
